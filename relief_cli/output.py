@@ -1,0 +1,34 @@
+"""What every command shares: settings, one JSON object on stdout with --json, errors on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+import orjson
+import typer
+from rich.console import Console
+
+from shared.settings import Settings, SettingsError, load_settings
+
+stderr = Console(stderr=True)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        fail(str(error), code=2)
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, *, code: int = 1, as_json: bool = False, **extra: Any) -> NoReturn:
+    if as_json:
+        emit_json({"error": message, **extra})
+    else:
+        stderr.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)

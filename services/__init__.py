@@ -1,0 +1,1 @@
+"""The four services of relief, one package each."""

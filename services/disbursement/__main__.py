@@ -1,0 +1,3 @@
+from services.disbursement.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The project's common library: settings, events, topics, storage, Kafka and identity helpers."""

@@ -1,0 +1,113 @@
+"""Database engines and sessions from settings: SQLite (WAL) by default, PostgreSQL via psycopg 3."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Table, create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlmodel import Session, SQLModel
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def ensure_postgres_database(url: str) -> None:
+    """Create the service's PostgreSQL database when it does not exist yet."""
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": parsed.database}
+            ).scalar()
+            if not exists:
+                try:
+                    connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+                except (IntegrityError, DBAPIError) as error:
+                    if "already exists" not in str(error):  # another replica created it first
+                        raise
+    finally:
+        admin.dispose()
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path:
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+            # Let SQLAlchemy, not the driver, open transactions, so writers take the lock up front.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin_immediate(connection: Any) -> None:
+            # Writers queue at BEGIN instead of failing on a lock upgrade halfway through.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        ensure_postgres_database(url)
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    raise ValueError(f"RELIEF_DATABASE_URL: unsupported database URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
+    """Create the service's own tables (and only those) when missing."""
+    SQLModel.metadata.create_all(engine, tables=list(tables))
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        with session.begin():
+            yield session
+
+
+def serialise_writers(session: Session, name: str) -> None:
+    """Serialise a critical section across processes for the rest of this transaction.
+
+    SQLite already serialises writers (BEGIN IMMEDIATE); PostgreSQL takes an advisory lock that
+    the commit or rollback releases.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth retrying as they are: the database was away, busy or a race lost."""
+    if isinstance(error, (OperationalError, IntegrityError)):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return False
+
+
+def wait_for_database(engine: Engine, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

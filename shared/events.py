@@ -1,0 +1,220 @@
+"""Versioned event models: the only shapes that cross a Kafka topic.
+
+Every event carries `event_id`, `event_type`, `schema_version` and `occurred_at`. Changing an
+event's fields bumps its version; `UPCASTERS` turns an old version into the newest when read, so
+handlers only ever see one shape. `parse_event` is the single door in: anything it refuses goes to
+the dead-letter topic with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Sex = Literal["F", "M", "X"]
+Assistance = Literal["cash_relief", "food_kit", "hygiene_kit", "remediation", "safe_migration_info"]
+PayoutMethod = Literal["bank_transfer", "e_wallet", "cash_pickup"]
+Decision = Literal["eligible", "ineligible", "duplicate"]
+PaymentStatus = Literal["pending_approval", "pending", "sent", "paid", "failed", "reversed"]
+
+MAX_EVENT_BYTES = 256 * 1024
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int]
+
+    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=64)
+    occurred_at: datetime = Field(default_factory=utc_now)
+
+    def envelope(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json")
+        return {"event_type": self.event_type, "schema_version": self.schema_version, **body}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+
+class BeneficiaryRegistered(Event):
+    """An accepted batch row, as eligibility needs it: keyed hashes, no raw personal data."""
+
+    event_type: ClassVar[str] = "beneficiary.registered"
+    schema_version: ClassVar[int] = 1
+
+    row_id: str
+    batch_id: str
+    partner_id: str
+    partner_name: str
+    document_key: str | None
+    name_key: str
+    near_keys: list[str]
+    sex: Sex
+    age_years: int = Field(ge=0, le=120)
+    nationality: str = Field(pattern=r"^[A-Z]{3}$")
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    household_size: int = Field(ge=1, le=30)
+    vulnerabilities: list[str]
+    assistance: Assistance
+    payout_method: PayoutMethod | None
+    payout_account_sealed: str | None
+    registered_on: date
+
+
+class EligibilityDecided(Event):
+    """The decision on one row, with every reason, the policy version and the resolved person."""
+
+    event_type: ClassVar[str] = "eligibility.decided"
+    schema_version: ClassVar[int] = 1
+
+    row_id: str
+    batch_id: str
+    partner_id: str
+    partner_name: str
+    person_id: str
+    decision: Decision
+    reasons: list[str]
+    policy_version: str
+    cycle: str
+    assistance: Assistance
+    country: str
+    sex: Sex
+    age_years: int
+    household_size: int
+    registered_on: date
+    amount_minor: int | None = None
+    currency: str | None = None
+    payout_method: PayoutMethod | None = None
+    payout_account_sealed: str | None = None
+    duplicate_of: str | None = None  # row_id of the approval this row duplicates
+
+
+class PersonsMerged(Event):
+    """Two person ids turned out to be one person; `merged_person_id` now means `survivor_person_id`."""
+
+    event_type: ClassVar[str] = "persons.merged"
+    schema_version: ClassVar[int] = 1
+
+    survivor_person_id: str
+    merged_person_id: str
+    cause: Literal["identity_rule", "review"]
+    review_id: str | None = None
+
+
+class PaymentStatusChanged(Event):
+    """One ledger entry of a payment. `sequence` grows per payment, so consumers keep the newest."""
+
+    event_type: ClassVar[str] = "payment.status_changed"
+    schema_version: ClassVar[int] = 1
+
+    payment_ref: str
+    person_id: str
+    row_id: str
+    batch_id: str
+    partner_id: str
+    cycle: str
+    country: str
+    amount_minor: int
+    currency: str
+    status: PaymentStatus
+    sequence: int = Field(ge=1)
+    reason: str | None = None
+
+
+class OverpaymentDetected(Event):
+    """A merge found a person paid twice in one cycle: the later payment is to be recovered."""
+
+    event_type: ClassVar[str] = "payment.overpayment_detected"
+    schema_version: ClassVar[int] = 1
+
+    payment_ref: str
+    kept_payment_ref: str
+    person_id: str
+    cycle: str
+    amount_minor: int
+    currency: str
+
+
+class DeadLettered(Event):
+    """A message a consumer could not handle, with the reason; the partition kept flowing."""
+
+    event_type: ClassVar[str] = "dead_lettered"
+    schema_version: ClassVar[int] = 1
+
+    source_topic: str
+    partition: int
+    offset: int
+    consumer_group: str
+    reason: str
+    key: str | None
+    payload: str  # the original bytes, decoded with replacement and cut to a bounded size
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.event_type: cls
+    for cls in (
+        BeneficiaryRegistered,
+        EligibilityDecided,
+        PersonsMerged,
+        PaymentStatusChanged,
+        OverpaymentDetected,
+        DeadLettered,
+    )
+}
+
+# (event_type, old version) → function turning that version's body into the next version's.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class PoisonMessage(ValueError):
+    """A message that can never be handled; the text is the dead-letter reason."""
+
+
+def parse_event(raw: bytes | str | dict[str, Any], *, allowed: tuple[type[Event], ...] | None = None) -> Event:
+    """Decode, upcast and validate one event; raise PoisonMessage with a reason otherwise."""
+    if isinstance(raw, (bytes, str)) and len(raw) > MAX_EVENT_BYTES:
+        raise PoisonMessage(f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    if isinstance(raw, dict):
+        body = dict(raw)
+    else:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise PoisonMessage(f"not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise PoisonMessage("not a JSON object")
+    event_type = body.pop("event_type", None)
+    version = body.pop("schema_version", None)
+    cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+    if cls is None:
+        raise PoisonMessage(f"unknown event_type {event_type!r}")
+    if allowed is not None and cls not in allowed:
+        raise PoisonMessage(f"event_type {event_type!r} does not belong on this topic")
+    if not isinstance(version, int) or version < 1 or version > cls.schema_version:
+        raise PoisonMessage(f"unsupported schema_version {version!r} for {event_type}")
+    while version < cls.schema_version:
+        upcast = UPCASTERS.get((event_type, version))
+        if upcast is None:
+            raise PoisonMessage(f"no upcaster from {event_type} v{version}")
+        body = upcast(body)
+        version += 1
+    try:
+        return cls.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise PoisonMessage(f"invalid {event_type}: {where}: {first['msg']}") from None

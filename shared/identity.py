@@ -1,0 +1,106 @@
+"""Identity normalisation and keyed hashing (SPEC §4).
+
+Raw names and document numbers never leave intake: they are normalised here and turned into
+HMAC-SHA256 keys with the programme's identity secret. Every other service works on those keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import unicodedata
+from dataclasses import dataclass
+from datetime import date
+
+# Characters that Unicode does not decompose into a base letter plus a combining mark.
+_LETTER_MAP = str.maketrans({"đ": "d", "Đ": "d", "ð": "d", "Ð": "d", "ł": "l", "Ł": "l", "ø": "o", "Ø": "o"})
+# Apostrophes join (O'Brien = OBrien); every other non-letter separates tokens.
+_JOINERS = {"'", "’", "ʼ", "`", "´"}
+
+
+def normalise_document_number(id_number: str) -> str:
+    """Document numbers compare after removing spaces and `-`, upper-cased."""
+    return id_number.replace(" ", "").replace("-", "").upper()
+
+
+def normalise_name(given_name: str, family_name: str | None = None) -> str:
+    """NFKD, drop combining marks, đ→d, case-fold, letters only, tokens sorted.
+
+    `normalise_name("Nguyễn Văn", "An") == normalise_name("AN", "NGUYEN VAN") == "AN NGUYEN VAN"`.
+    """
+    full = f"{given_name} {family_name or ''}".translate(_LETTER_MAP)
+    decomposed = unicodedata.normalize("NFKD", full)
+    kept: list[str] = []
+    for char in decomposed:
+        if unicodedata.combining(char) or char in _JOINERS:
+            continue
+        kept.append(char if unicodedata.category(char).startswith("L") else " ")
+    folded = "".join(kept).casefold().translate(_LETTER_MAP)
+    return " ".join(sorted(token.upper() for token in folded.split()))
+
+
+def deletion_neighbourhood(name: str) -> set[str]:
+    """The name and each of its one-character deletions: two names one edit apart share one."""
+    variants = {name}
+    for index in range(len(name)):
+        variants.add(name[:index] + name[index + 1 :])
+    return variants
+
+
+def age_on(date_of_birth: date, on: date) -> int:
+    """Whole years completed on a given day."""
+    years = on.year - date_of_birth.year
+    if (on.month, on.day) < (date_of_birth.month, date_of_birth.day):
+        years -= 1
+    return years
+
+
+@dataclass(frozen=True)
+class IdentityKeys:
+    """What leaves intake about who a row is: keyed hashes only."""
+
+    document_key: str | None
+    name_key: str
+    near_keys: tuple[str, ...]
+
+    @property
+    def partition_key(self) -> str:
+        """Kafka key: the document key when there is one, so one person's rows stay ordered."""
+        return self.document_key or self.name_key
+
+
+class IdentityHasher:
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("an identity secret is required")
+        self._secret = secret.encode()
+
+    def keyed_hash(self, purpose: str, *parts: str) -> str:
+        message = "\x1f".join((purpose, *parts)).encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def keys_for(
+        self,
+        *,
+        nationality: str,
+        date_of_birth: date,
+        given_name: str,
+        family_name: str | None,
+        id_type: str,
+        id_number: str | None,
+    ) -> IdentityKeys:
+        name = normalise_name(given_name, family_name)
+        birth = date_of_birth.isoformat()
+        document_key = None
+        if id_type != "none" and id_number:
+            document_key = self.keyed_hash(
+                "document", nationality, id_type, normalise_document_number(id_number)
+            )
+        near_keys = tuple(
+            sorted(self.keyed_hash("near", nationality, birth, variant) for variant in deletion_neighbourhood(name))
+        )
+        return IdentityKeys(
+            document_key=document_key,
+            name_key=self.keyed_hash("name", nationality, birth, name),
+            near_keys=near_keys,
+        )

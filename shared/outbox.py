@@ -1,0 +1,183 @@
+"""Transactional outbox and processed-event records, shared by every service's database.
+
+A handler writes its state change and the events it emits in one transaction (`add_to_outbox`);
+`OutboxRelay` publishes them afterwards and marks them sent. A crash between publishing and
+marking republishes, which consumers absorb because they record processed event ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, LargeBinary, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel
+
+from shared.events import Event, utc_now
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str = Field(max_length=200)
+    key: str | None = Field(default=None, max_length=200)
+    event_id: str = Field(max_length=64)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utc_now)
+    sent_at: datetime | None = Field(default=None)
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Event ids a consumer has applied; the primary key makes a redelivery a no-op."""
+
+    __tablename__ = "processed_event"
+
+    consumer: str = Field(primary_key=True, max_length=100)
+    event_id: str = Field(primary_key=True, max_length=64)
+
+
+OUTBOX_TABLES = [OutboxMessage.__table__, ProcessedEvent.__table__]  # type: ignore[attr-defined]
+
+
+def add_to_outbox(session: Session, messages: Iterable[tuple[str, str | None, Event]]) -> int:
+    """Stage (topic, key, event) triples in the caller's transaction."""
+    rows = [
+        {"topic": topic, "key": key, "event_id": event.event_id, "payload": event.to_bytes(), "created_at": utc_now()}
+        for topic, key, event in messages
+    ]
+    if rows:
+        session.execute(insert(OutboxMessage), rows)
+    return len(rows)
+
+
+def claim_new_events(session: Session, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Record event ids as processed; return those not seen before (the ones to apply).
+
+    A concurrent replica inserting the same id makes this transaction fail on the primary key,
+    and the retried batch then finds the id already processed.
+    """
+    unique_ids = list(dict.fromkeys(event_ids))
+    if not unique_ids:
+        return set()
+    seen: set[str] = set()
+    for start in range(0, len(unique_ids), 500):
+        chunk = unique_ids[start : start + 500]
+        seen.update(
+            session.execute(
+                select(ProcessedEvent.event_id).where(  # type: ignore[call-overload]
+                    ProcessedEvent.consumer == consumer, ProcessedEvent.event_id.in_(chunk)  # type: ignore[attr-defined]
+                )
+            ).scalars()
+        )
+    new_ids = [event_id for event_id in unique_ids if event_id not in seen]
+    if new_ids:
+        session.execute(insert(ProcessedEvent), [{"consumer": consumer, "event_id": e} for e in new_ids])
+    return set(new_ids)
+
+
+def outbox_backlog(session: Session) -> tuple[int, float]:
+    """Unsent messages and the age in seconds of the oldest one."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(OutboxMessage.created_at)).where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
+    ).one()
+    age = 0.0
+    if oldest is not None:
+        if oldest.tzinfo is None:
+            from datetime import UTC
+
+            oldest = oldest.replace(tzinfo=UTC)
+        age = max(0.0, (utc_now() - oldest).total_seconds())
+    return int(count), age
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows in id order, in batches, and retries while Kafka is away."""
+
+    def __init__(self, engine: Engine, publisher: Any, *, batch_size: int = 1000, idle_seconds: float = 0.5) -> None:
+        self.engine = engine
+        self.publisher = publisher  # an object with `async send_many([(topic, key, payload), ...])`
+        self.batch_size = batch_size
+        self.idle_seconds = idle_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.published_total = 0
+
+    def wake(self) -> None:
+        """Called after a handler committed new rows, so they go out without waiting a tick."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=15)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+
+    def _claim(self) -> list[tuple[int, str, str | None, bytes]]:
+        with Session(self.engine) as session:
+            query = (
+                select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.payload)  # type: ignore[call-overload]
+                .where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
+                .order_by(OutboxMessage.id)
+                .limit(self.batch_size)
+            )
+            return [tuple(row) for row in session.execute(query).all()]
+
+    def _mark_sent(self, ids: list[int]) -> None:
+        with Session(self.engine) as session, session.begin():
+            now = utc_now()
+            for start in range(0, len(ids), 900):
+                session.execute(
+                    update(OutboxMessage).where(OutboxMessage.id.in_(ids[start : start + 900])).values(sent_at=now)  # type: ignore[union-attr]
+                )
+
+    async def publish_pending(self) -> int:
+        """One pass: publish everything unsent now. Returns how many went out."""
+        total = 0
+        while True:
+            rows = await asyncio.to_thread(self._claim)
+            if not rows:
+                return total
+            await self.publisher.send_many([(topic, key, payload) for _, topic, key, payload in rows])
+            await asyncio.to_thread(self._mark_sent, [row[0] for row in rows])
+            total += len(rows)
+            self.published_total += len(rows)
+            if len(rows) < self.batch_size:
+                return total
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            try:
+                await self.publish_pending()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Kafka or the database away: keep the rows, retry later
+                log.warning("outbox_publish_failed", error=type(error).__name__, detail=str(error)[:200], retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+        try:
+            await self.publish_pending()  # drain on graceful shutdown when Kafka is there
+        except Exception as error:
+            log.warning("outbox_final_flush_failed", error=type(error).__name__)

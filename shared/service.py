@@ -1,0 +1,149 @@
+"""What every service has in common: database, broker, outbox relay, /healthz, /metrics, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import Table, text
+
+from shared.consumer import ApplyBatch, BatchConsumer
+from shared.db import create_tables, make_engine, transaction
+from shared.kafka import BrokerPublisher, ensure_topics, make_broker
+from shared.logging import configure_logging, get_logger
+from shared.metrics import make_registry, metrics_endpoint, pipeline_metrics
+from shared.outbox import OUTBOX_TABLES, OutboxRelay, outbox_backlog
+from shared.settings import Settings
+from shared.topics import Topic
+
+log = get_logger(__name__)
+
+
+class ServiceRuntime:
+    """Wiring shared by the four services; each `app.py` builds one and adds its own parts."""
+
+    def __init__(self, service: str, settings: Settings, tables: Sequence[Table]) -> None:
+        self.service = service
+        self.settings = settings
+        self.registry = make_registry()
+        self.metrics = pipeline_metrics(self.registry)
+        self.engine = make_engine(settings.database_url_for(service))
+        self.tables = [*tables, *OUTBOX_TABLES]
+        self.broker = make_broker(settings, self.registry, client_id=f"relief-{service}")
+        self.publisher = BrokerPublisher(self.broker)
+        self.relay = OutboxRelay(self.engine, self.publisher)
+        self.consumers: list[BatchConsumer] = []
+        self._background: list[asyncio.Task[None]] = []
+        self.started = False
+
+    def consume(self, topic: Topic, apply: ApplyBatch) -> BatchConsumer:
+        consumer = BatchConsumer(
+            broker=self.broker, settings=self.settings, topic=topic, service=self.service,
+            apply=apply, metrics=self.metrics, after_apply=self.relay.wake,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+    def every(self, seconds: float, job: Any) -> None:
+        """Run an async job periodically while the service is up (errors are logged, not fatal)."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    log.warning("periodic_job_failed", job=getattr(job, "__name__", "job"), error=type(error).__name__)
+                await asyncio.sleep(seconds)
+
+        self._background.append(asyncio.create_task(loop()))
+
+    async def _refresh_outbox_gauges(self) -> None:
+        def read() -> tuple[int, float]:
+            with transaction(self.engine) as session:
+                return outbox_backlog(session)
+
+        count, age = await asyncio.to_thread(read)
+        self.metrics.outbox_backlog.set(count)
+        self.metrics.outbox_oldest_seconds.set(age)
+
+    async def startup(self) -> None:
+        create_tables(self.engine, self.tables)
+        await asyncio.to_thread(ensure_topics, self.settings)
+        await self.broker.start()
+        self.relay.start()
+        self.every(5.0, self._refresh_outbox_gauges)
+        self.started = True
+        log.info("service_started", port=self.settings.service_port(self.service))
+
+    async def shutdown(self) -> None:
+        log.info("service_stopping")
+        for task in self._background:
+            task.cancel()
+        await self.broker.stop()  # stops consuming; in-flight batches finish first (graceful_timeout)
+        await self.relay.stop()
+        self.engine.dispose()
+        log.info("service_stopped")
+
+    async def health(self) -> dict[str, Any]:
+        checks: dict[str, str] = {}
+        try:
+            def ping() -> None:
+                with self.engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+
+            await asyncio.to_thread(ping)
+            checks["database"] = "ok"
+        except Exception as error:
+            checks["database"] = f"error: {type(error).__name__}"
+        try:
+            checks["kafka"] = "ok" if await self.broker.ping(timeout=2.0) else "unreachable"
+        except Exception as error:
+            checks["kafka"] = f"error: {type(error).__name__}"
+        return {"service": self.service, "status": "ok" if all(v == "ok" for v in checks.values()) else "degraded", "checks": checks}
+
+    def build_app(self, title: str, routers: Sequence[Any] = (), extra_startup: Any = None) -> FastAPI:
+        runtime = self
+
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await runtime.startup()
+            if extra_startup is not None:
+                await extra_startup()
+            try:
+                yield
+            finally:
+                await runtime.shutdown()
+
+        app = FastAPI(title=title, lifespan=lifespan)
+        app.state.runtime = self
+
+        @app.get("/healthz", tags=["operations"])
+        async def healthz() -> JSONResponse:
+            report = await runtime.health()
+            return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+        app.add_route("/metrics", metrics_endpoint(self.registry), include_in_schema=False)
+        for router in routers:
+            app.include_router(router)
+        return app
+
+
+def serve(app: FastAPI, settings: Settings, service: str) -> None:
+    """Run a service in the foreground; SIGTERM and SIGINT shut it down gracefully."""
+    import uvicorn
+
+    configure_logging(service, settings.log_level, settings.log_format)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.service_port(service),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )

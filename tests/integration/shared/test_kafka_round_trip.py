@@ -1,0 +1,97 @@
+"""Events travel through the real Apache Kafka broker with FastStream, and survive a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import date
+
+from kafka import KafkaAdminClient
+
+from shared.events import BeneficiaryRegistered, Event
+from shared.kafka import BrokerPublisher, consumer_lag, make_broker
+from shared.consumer import BatchConsumer
+from shared.metrics import make_registry, pipeline_metrics
+from shared.topics import BENEFICIARY_REGISTERED
+
+
+def registered(index: int) -> BeneficiaryRegistered:
+    return BeneficiaryRegistered(
+        row_id=f"row-{index}", batch_id="b1", partner_id="p1", partner_name="Partner One", document_key=None, name_key=f"k{index}",
+        near_keys=[f"n{index}"], sex="F", age_years=30, nationality="VNM", country="MY", household_size=2,
+        vulnerabilities=["job_loss"], assistance="cash_relief", payout_method="cash_pickup",
+        payout_account_sealed=None, registered_on=date(2026, 1, 5),
+    )
+
+
+async def consume_until(settings, expected: int, seen: list[Event], timeout: float = 60.0) -> None:
+    broker = make_broker(settings, client_id="relief-test")
+    registry = make_registry()
+
+    def apply(events: Sequence[Event]) -> None:
+        seen.extend(events)
+
+    BatchConsumer(broker=broker, settings=settings, topic=BENEFICIARY_REGISTERED, service="roundtrip",
+                  apply=apply, metrics=pipeline_metrics(registry))
+    await broker.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while len(seen) < expected:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # let the commit after the last batch happen
+    finally:
+        await broker.stop()
+
+
+async def publish(settings, events: list[Event], extra: list[bytes] = ()) -> None:
+    broker = make_broker(settings, client_id="relief-test-producer")
+    await broker.connect()
+    try:
+        topic = settings.topic(BENEFICIARY_REGISTERED.name)
+        records = [(topic, event.name_key, event.to_bytes()) for event in events]
+        records += [(topic, "poison", payload) for payload in extra]
+        await BrokerPublisher(broker).send_many(records)
+    finally:
+        await broker.stop()
+
+
+async def test_events_round_trip_through_a_consumer_group_and_commit(make_settings):
+    settings = make_settings()
+    sent = [registered(i) for i in range(25)]
+    await publish(settings, sent, extra=[b"not json", b'{"event_type": "beneficiary.registered", "schema_version": 9}'])
+    seen: list[Event] = []
+    await consume_until(settings, 25, seen)
+    assert sorted(e.event_id for e in seen) == sorted(e.event_id for e in sent)
+    assert seen[0] == next(e for e in sent if e.event_id == seen[0].event_id)
+    lag = consumer_lag(settings, {settings.group_id("roundtrip"): [settings.topic(BENEFICIARY_REGISTERED.name)]})
+    assert sum(lag.values()) == 0, lag
+    # The two poison messages went to the dead-letter topic with their reasons.
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(settings.topic("beneficiary.registered.dlq"), bootstrap_servers=settings.bootstrap_servers,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    reasons = sorted(__import__("json").loads(m.value)["reason"] for m in consumer)
+    consumer.close()
+    assert reasons[0].startswith("not JSON")
+    assert "unsupported schema_version 9" in reasons[1]
+
+
+async def test_a_broker_restart_loses_no_committed_message(make_settings, kafka):
+    settings = make_settings()
+    sent = [registered(i) for i in range(10)]
+    await publish(settings, sent)
+    await asyncio.to_thread(kafka.stop)
+    await asyncio.to_thread(kafka.start)
+    seen: list[Event] = []
+    await consume_until(settings, 10, seen)
+    assert {e.event_id for e in seen} == {e.event_id for e in sent}
+
+
+def test_topics_are_created_with_their_partition_counts(make_settings):
+    settings = make_settings()
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        described = {t.get("topic", t.get("name")): len(t["partitions"]) for t in admin.describe_topics([settings.topic("beneficiary.registered"), settings.topic("eligibility.decided.dlq")])}
+    finally:
+        admin.close()
+    assert described == {settings.topic("beneficiary.registered"): 6, settings.topic("eligibility.decided.dlq"): 1}

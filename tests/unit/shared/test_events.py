@@ -1,0 +1,43 @@
+"""Events: versioned envelopes, and a single door that refuses anything malformed."""
+
+import orjson
+import pytest
+
+from shared.events import UPCASTERS, PersonsMerged, PoisonMessage, parse_event
+
+
+def test_an_event_round_trips_through_its_bytes():
+    event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="review", review_id="r1")
+    assert parse_event(event.to_bytes()) == event
+    envelope = orjson.loads(event.to_bytes())
+    assert envelope["event_type"] == "persons.merged" and envelope["schema_version"] == 1
+    assert envelope["event_id"] and envelope["occurred_at"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"event_type": "nope", "schema_version": 1}', "unknown event_type"),
+        (b'{"event_type": "persons.merged", "schema_version": 2}', "unsupported schema_version"),
+        (b'{"event_type": "persons.merged", "schema_version": 1, "event_id": "x"}', "invalid persons.merged"),
+        (b"x" * 300_000, "exceeds"),
+    ],
+)
+def test_malformed_messages_are_poison_with_a_reason(raw, reason):
+    with pytest.raises(PoisonMessage, match=reason):
+        parse_event(raw)
+
+
+def test_an_event_on_the_wrong_topic_is_poison():
+    event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="review")
+    with pytest.raises(PoisonMessage, match="does not belong"):
+        parse_event(event.to_bytes(), allowed=())
+
+
+def test_old_versions_are_upcast_when_read(monkeypatch):
+    monkeypatch.setattr(PersonsMerged, "schema_version", 2)
+    monkeypatch.setitem(UPCASTERS, ("persons.merged", 1), lambda body: {**body, "cause": "identity_rule"})
+    old = b'{"event_type": "persons.merged", "schema_version": 1, "survivor_person_id": "a", "merged_person_id": "b", "cause": "review"}'
+    assert parse_event(old).cause == "identity_rule"
