@@ -6,6 +6,7 @@ Each test gets its own topic prefix and its own databases, so tests never see ea
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,16 +58,19 @@ def kafka() -> Iterator[LocalKafka]:
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(broker.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[LocalPostgres]:
     cluster = LocalPostgres(TEST_ROOT / "postgres", int(os.environ.get("RELIEF_TEST_PG_PORT", "55433")))
+    already_running = cluster.is_running()  # another test session on this machine may share it
     cluster.start()
     try:
         yield cluster
     finally:
-        cluster.stop()
+        if not already_running:
+            cluster.stop()
 
 
 @pytest.fixture
