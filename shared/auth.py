@@ -86,7 +86,9 @@ class RemoteAuthenticator:
         else:
             try:
                 async with httpx.AsyncClient(timeout=5.0) as client:
-                    response = await client.get(f"{self.intake_url}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+                    response = await client.get(
+                        f"{self.intake_url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+                    )
             except httpx.HTTPError:
                 raise AuthError(503, "cannot check the API key: the intake service is unreachable") from None
             if response.status_code != 200:

@@ -44,7 +44,9 @@ class Delivered:
 ApplyBatch = Callable[[Sequence[Event]], Any]
 
 
-def _dead_letter(settings: Settings, topic: Topic, service: str, record: Any, reason: str) -> tuple[str, str | None, bytes]:
+def _dead_letter(
+    settings: Settings, topic: Topic, service: str, record: Any, reason: str
+) -> tuple[str, str | None, bytes]:
     value = record.value or b""
     key = record.key.decode("utf-8", "replace") if record.key else None
     event = DeadLettered(
@@ -121,14 +123,18 @@ class BatchConsumer:
             stop=stop_never,
             reraise=True,
             before_sleep=lambda state: log.warning(
-                "apply_retry", topic=self.topic.name, attempt=state.attempt_number,
+                "apply_retry",
+                topic=self.topic.name,
+                attempt=state.attempt_number,
                 error=type(state.outcome.exception()).__name__ if state.outcome else None,
             ),
         ):
             with attempt:
                 await asyncio.to_thread(self.apply, events)
 
-    async def _apply_with_isolation(self, events: list[Event], records: Sequence[Any], dead: list[Any]) -> None:
+    async def _apply_with_isolation(
+        self, events: list[Event], records: Sequence[Any], dead: list[Any]
+    ) -> None:
         try:
             await self._apply_retrying(events)
             return
@@ -136,9 +142,20 @@ class BatchConsumer:
             if len(events) == 1:
                 record = next(r for r in records if _event_id_of(r) == events[0].event_id)
                 dead.append(
-                    _dead_letter(self.settings, self.topic, self.service, record, f"handler error: {type(error).__name__}: {error}"[:500])
+                    _dead_letter(
+                        self.settings,
+                        self.topic,
+                        self.service,
+                        record,
+                        f"handler error: {type(error).__name__}: {error}"[:500],
+                    )
                 )
-                log.error("event_dead_lettered", topic=self.topic.name, event_id=events[0].event_id, error=type(error).__name__)
+                log.error(
+                    "event_dead_lettered",
+                    topic=self.topic.name,
+                    event_id=events[0].event_id,
+                    error=type(error).__name__,
+                )
                 return
         middle = len(events) // 2
         await self._apply_with_isolation(events[:middle], records, dead)

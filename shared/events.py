@@ -184,7 +184,9 @@ class PoisonMessage(ValueError):
     """A message that can never be handled; the text is the dead-letter reason."""
 
 
-def parse_event(raw: bytes | str | dict[str, Any], *, allowed: tuple[type[Event], ...] | None = None) -> Event:
+def parse_event(
+    raw: bytes | str | dict[str, Any], *, allowed: tuple[type[Event], ...] | None = None
+) -> Event:
     """Decode, upcast and validate one event; raise PoisonMessage with a reason otherwise."""
     if isinstance(raw, (bytes, str)) and len(raw) > MAX_EVENT_BYTES:
         raise PoisonMessage(f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")

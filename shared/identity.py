@@ -97,7 +97,10 @@ class IdentityHasher:
                 "document", nationality, id_type, normalise_document_number(id_number)
             )
         near_keys = tuple(
-            sorted(self.keyed_hash("near", nationality, birth, variant) for variant in deletion_neighbourhood(name))
+            sorted(
+                self.keyed_hash("near", nationality, birth, variant)
+                for variant in deletion_neighbourhood(name)
+            )
         )
         return IdentityKeys(
             document_key=document_key,

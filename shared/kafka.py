@@ -14,7 +14,9 @@ from shared.settings import Settings
 from shared.topics import all_topic_names
 
 
-def make_broker(settings: Settings, registry: CollectorRegistry | None = None, *, client_id: str = "relief") -> KafkaBroker:
+def make_broker(
+    settings: Settings, registry: CollectorRegistry | None = None, *, client_id: str = "relief"
+) -> KafkaBroker:
     """A broker that commits offsets only after a message was handled and never loses a publish.
 
     FastStream's Kafka default acknowledges a message when it arrives, so a crash mid-handler
@@ -70,7 +72,9 @@ class BrokerPublisher:
             await asyncio.gather(*futures)
 
 
-def ensure_topics(settings: Settings, topics: Iterable[tuple[str, int]] | None = None, timeout: float = 60.0) -> list[str]:
+def ensure_topics(
+    settings: Settings, topics: Iterable[tuple[str, int]] | None = None, timeout: float = 60.0
+) -> list[str]:
     """Create every topic the project uses (with the settings' prefix) when missing."""
     import time
 
@@ -124,7 +128,11 @@ def consumer_lag(settings: Settings, subscriptions: dict[str, Sequence[str]]) ->
             ends = consumer.end_offsets(partitions) if partitions else {}
             for partition in partitions:
                 position = committed.get(partition)
-                offset = position.offset if position is not None and position.offset >= 0 else starts.get(partition, 0)
+                offset = (
+                    position.offset
+                    if position is not None and position.offset >= 0
+                    else starts.get(partition, 0)
+                )
                 key = (group, partition.topic)
                 lag[key] = lag.get(key, 0) + max(0, ends.get(partition, 0) - offset)
         return lag

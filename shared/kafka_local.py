@@ -117,20 +117,30 @@ class LocalKafka:
     def format_storage(self) -> None:
         if (self.log_dir / "meta.properties").exists():
             return
-        cluster_id = (self.root / "cluster.id")
+        cluster_id = self.root / "cluster.id"
         if not cluster_id.exists():
             # Kafka wants a base64 UUID of 22 characters.
             import base64
 
             cluster_id.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
         result = subprocess.run(
-            [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id.read_text().strip(),
-             "-c", str(self.config_path), "--ignore-formatted"],
+            [
+                *self._java(),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id.read_text().strip(),
+                "-c",
+                str(self.config_path),
+                "--ignore-formatted",
+            ],
             capture_output=True,
             text=True,
         )
         if result.returncode != 0:
-            raise KafkaStartError(f"formatting Kafka storage failed: {result.stderr.strip() or result.stdout}")
+            raise KafkaStartError(
+                f"formatting Kafka storage failed: {result.stderr.strip() or result.stdout}"
+            )
 
     def start(self, timeout: float = 90.0) -> None:
         if port_open("127.0.0.1", self.port):
@@ -167,7 +177,9 @@ class LocalKafka:
                 )
             if port_open("127.0.0.1", self.port):
                 try:
-                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000)
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
+                    )
                     try:
                         admin.describe_cluster()
                         return

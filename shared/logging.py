@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -14,7 +15,7 @@ PERSONAL_FIELDS = frozenset(
 )
 
 
-def _redact_personal_fields(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact_personal_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for field in PERSONAL_FIELDS.intersection(event_dict):
         event_dict[field] = "[redacted]"
     return event_dict

@@ -29,20 +29,29 @@ def make_registry() -> CollectorRegistry:
 def pipeline_metrics(registry: CollectorRegistry) -> PipelineMetrics:
     return PipelineMetrics(
         events_consumed=Counter(
-            "relief_events_consumed_total", "Events consumed, by topic and outcome",
-            ["topic", "outcome"], registry=registry,
+            "relief_events_consumed_total",
+            "Events consumed, by topic and outcome",
+            ["topic", "outcome"],
+            registry=registry,
         ),
         dead_letters=Counter(
-            "relief_dead_letters_total", "Messages sent to a dead-letter topic, by source topic",
-            ["topic"], registry=registry,
+            "relief_dead_letters_total",
+            "Messages sent to a dead-letter topic, by source topic",
+            ["topic"],
+            registry=registry,
         ),
         batch_seconds=Histogram(
-            "relief_consumer_batch_seconds", "Time to apply one consumed batch", ["topic"], registry=registry,
+            "relief_consumer_batch_seconds",
+            "Time to apply one consumed batch",
+            ["topic"],
+            registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         ),
         outbox_backlog=Gauge("relief_outbox_backlog", "Outbox messages not yet published", registry=registry),
         outbox_oldest_seconds=Gauge(
-            "relief_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox message", registry=registry
+            "relief_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox message",
+            registry=registry,
         ),
     )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Column, Index, LargeBinary, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, col
 
 from shared.events import Event, utc_now
 from shared.logging import get_logger
@@ -50,7 +50,13 @@ OUTBOX_TABLES = [OutboxMessage.__table__, ProcessedEvent.__table__]  # type: ign
 def add_to_outbox(session: Session, messages: Iterable[tuple[str, str | None, Event]]) -> int:
     """Stage (topic, key, event) triples in the caller's transaction."""
     rows = [
-        {"topic": topic, "key": key, "event_id": event.event_id, "payload": event.to_bytes(), "created_at": utc_now()}
+        {
+            "topic": topic,
+            "key": key,
+            "event_id": event.event_id,
+            "payload": event.to_bytes(),
+            "created_at": utc_now(),
+        }
         for topic, key, event in messages
     ]
     if rows:
@@ -73,7 +79,8 @@ def claim_new_events(session: Session, consumer: str, event_ids: Sequence[str]) 
         seen.update(
             session.execute(
                 select(ProcessedEvent.event_id).where(  # type: ignore[call-overload]
-                    ProcessedEvent.consumer == consumer, ProcessedEvent.event_id.in_(chunk)  # type: ignore[attr-defined]
+                    ProcessedEvent.consumer == consumer,
+                    ProcessedEvent.event_id.in_(chunk),  # type: ignore[attr-defined]
                 )
             ).scalars()
         )
@@ -101,7 +108,9 @@ def outbox_backlog(session: Session) -> tuple[int, float]:
 class OutboxRelay:
     """Publishes unsent outbox rows in id order, in batches, and retries while Kafka is away."""
 
-    def __init__(self, engine: Engine, publisher: Any, *, batch_size: int = 1000, idle_seconds: float = 0.5) -> None:
+    def __init__(
+        self, engine: Engine, publisher: Any, *, batch_size: int = 1000, idle_seconds: float = 0.5
+    ) -> None:
         self.engine = engine
         self.publisher = publisher  # an object with `async send_many([(topic, key, payload), ...])`
         self.batch_size = batch_size
@@ -141,9 +150,8 @@ class OutboxRelay:
         with Session(self.engine) as session, session.begin():
             now = utc_now()
             for start in range(0, len(ids), 900):
-                session.execute(
-                    update(OutboxMessage).where(OutboxMessage.id.in_(ids[start : start + 900])).values(sent_at=now)  # type: ignore[union-attr]
-                )
+                chunk = ids[start : start + 900]
+                session.execute(update(OutboxMessage).where(col(OutboxMessage.id).in_(chunk)).values(sent_at=now))
 
     async def publish_pending(self) -> int:
         """One pass: publish everything unsent now. Returns how many went out."""
@@ -168,7 +176,12 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # Kafka or the database away: keep the rows, retry later
-                log.warning("outbox_publish_failed", error=type(error).__name__, detail=str(error)[:200], retry_in=delay)
+                log.warning(
+                    "outbox_publish_failed",
+                    error=type(error).__name__,
+                    detail=str(error)[:200],
+                    retry_in=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue

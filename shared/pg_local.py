@@ -39,7 +39,9 @@ def ensure_installed() -> Path:
     print("relief: installing PostgreSQL from Debian's packages…", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env
+    )
     found = _bin_dir()
     if not found:
         raise PostgresError("installing postgresql did not provide initdb")
@@ -83,15 +85,40 @@ class LocalPostgres:
     def start(self) -> str:
         self._prepare_dirs()
         if not (self.data / "PG_VERSION").exists():
-            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "relief", "-A", "trust", "-E", "UTF8", "--no-sync")
+            self._run(
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "relief",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
         if not self.is_running():
             options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
             result = self._run(
-                str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
-                "-o", options, "-w", "-t", "60", "start", check=False,
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "server.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+                check=False,
             )
             if result.returncode != 0:
-                log_tail = (self.root / "server.log").read_text()[-2000:] if (self.root / "server.log").exists() else ""
+                log_tail = (
+                    (self.root / "server.log").read_text()[-2000:]
+                    if (self.root / "server.log").exists()
+                    else ""
+                )
                 raise PostgresError(f"PostgreSQL did not start: {result.stderr.strip()} {log_tail}")
         self.wait_ready()
         return self.url
@@ -99,7 +126,9 @@ class LocalPostgres:
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self._run(str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), check=False)
+            result = self._run(
+                str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), check=False
+            )
             if result.returncode == 0:
                 return
             time.sleep(0.3)

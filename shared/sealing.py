@@ -27,7 +27,9 @@ class Sealer:
 
     def seal(self, plaintext: str) -> str:
         nonce = os.urandom(12)
-        return base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, plaintext.encode(), b"payout")).decode()
+        return base64.urlsafe_b64encode(
+            nonce + self._aead.encrypt(nonce, plaintext.encode(), b"payout")
+        ).decode()
 
     def open(self, token: str) -> str:
         try:

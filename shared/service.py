@@ -42,8 +42,13 @@ class ServiceRuntime:
 
     def consume(self, topic: Topic, apply: ApplyBatch) -> BatchConsumer:
         consumer = BatchConsumer(
-            broker=self.broker, settings=self.settings, topic=topic, service=self.service,
-            apply=apply, metrics=self.metrics, after_apply=self.relay.wake,
+            broker=self.broker,
+            settings=self.settings,
+            topic=topic,
+            service=self.service,
+            apply=apply,
+            metrics=self.metrics,
+            after_apply=self.relay.wake,
         )
         self.consumers.append(consumer)
         return consumer
@@ -58,7 +63,9 @@ class ServiceRuntime:
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
-                    log.warning("periodic_job_failed", job=getattr(job, "__name__", "job"), error=type(error).__name__)
+                    log.warning(
+                        "periodic_job_failed", job=getattr(job, "__name__", "job"), error=type(error).__name__
+                    )
                 await asyncio.sleep(seconds)
 
         self._background.append(asyncio.create_task(loop()))
@@ -93,6 +100,7 @@ class ServiceRuntime:
     async def health(self) -> dict[str, Any]:
         checks: dict[str, str] = {}
         try:
+
             def ping() -> None:
                 with self.engine.connect() as connection:
                     connection.execute(text("SELECT 1"))
@@ -105,7 +113,11 @@ class ServiceRuntime:
             checks["kafka"] = "ok" if await self.broker.ping(timeout=2.0) else "unreachable"
         except Exception as error:
             checks["kafka"] = f"error: {type(error).__name__}"
-        return {"service": self.service, "status": "ok" if all(v == "ok" for v in checks.values()) else "degraded", "checks": checks}
+        return {
+            "service": self.service,
+            "status": "ok" if all(v == "ok" for v in checks.values()) else "degraded",
+            "checks": checks,
+        }
 
     def build_app(self, title: str, routers: Sequence[Any] = (), extra_startup: Any = None) -> FastAPI:
         runtime = self

@@ -6,6 +6,7 @@ below an entry point reads the environment.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < 16:
-            raise ValueError(
-                "RELIEF_IDENTITY_SECRET must be at least 16 characters and not a placeholder"
-            )
+            raise ValueError("RELIEF_IDENTITY_SECRET must be at least 16 characters and not a placeholder")
         return value
 
     @field_validator("budget_ceilings")
@@ -135,7 +134,7 @@ class Settings(BaseSettings):
         tmp.write_text(value)
         tmp.chmod(0o600)
         try:
-            tmp.link(path)  # atomic: the first process to write wins, the others read its value
+            os.link(tmp, path)  # atomic: the first process to write wins, the others read its value
         except FileExistsError:
             pass
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.events import (
@@ -30,15 +31,21 @@ class Topic:
 
 
 BENEFICIARY_REGISTERED = Topic(
-    "beneficiary.registered", PARTITIONS, "document key, else name key (one person's rows in order)",
+    "beneficiary.registered",
+    PARTITIONS,
+    "document key, else name key (one person's rows in order)",
     (BeneficiaryRegistered,),
 )
 ELIGIBILITY_DECIDED = Topic(
-    "eligibility.decided", PARTITIONS, "person_id (survivor for merges)",
+    "eligibility.decided",
+    PARTITIONS,
+    "person_id (survivor for merges)",
     (EligibilityDecided, PersonsMerged),
 )
 DISBURSEMENT_PAYMENTS = Topic(
-    "disbursement.payments", PARTITIONS, "person_id",
+    "disbursement.payments",
+    PARTITIONS,
+    "person_id",
     (PaymentStatusChanged, OverpaymentDetected),
 )
 
@@ -53,3 +60,22 @@ def all_topic_names() -> list[tuple[str, int]]:
         names.append((topic.name, topic.partitions))
         names.append((topic.dead_letter, 1))
     return names
+
+
+# Which topics each service's consumer group reads: for lag, draining and dashboards.
+SUBSCRIPTIONS: dict[str, tuple[Topic, ...]] = {
+    "eligibility": (BENEFICIARY_REGISTERED,),
+    "disbursement": (ELIGIBILITY_DECIDED,),
+    "reporting": (ELIGIBILITY_DECIDED, DISBURSEMENT_PAYMENTS),
+    "intake": (ELIGIBILITY_DECIDED, DISBURSEMENT_PAYMENTS),
+}
+
+
+def consumer_subscriptions(
+    prefix_topic: Callable[[str], str], group_id: Callable[[str], str]
+) -> dict[str, list[str]]:
+    """Consumer group → prefixed topic names, e.g. `consumer_subscriptions(settings.topic, settings.group_id)`."""
+    return {
+        group_id(service): [prefix_topic(topic.name) for topic in topics]
+        for service, topics in SUBSCRIPTIONS.items()
+    }
