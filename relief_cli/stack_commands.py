@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from relief_cli.drain import pipeline_state, wait_until_drained
 from relief_cli.output import emit_json, fail, settings_or_exit, stderr
+from relief_cli.runner import ProgrammeError, fetch_reach, run_programme
 from relief_cli.stack import Stack, parse_replicas
 from shared.settings import Settings
 
@@ -68,46 +68,6 @@ def wait(
     else:
         stderr.print("drained" if result["drained"] else f"not drained: {result}")
     raise typer.Exit(0 if result["drained"] else 1)
-
-
-def _create_partner(settings: Settings, name: str, role: str = "partner") -> dict[str, Any]:
-    import subprocess
-
-    env = {**__import__("os").environ, **settings.child_environment()}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relief_cli.main",
-            "partners",
-            "add",
-            "--name",
-            name,
-            "--role",
-            role,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"creating partner {name!r} failed: {result.stderr.strip()[-500:]}")
-    import json
-
-    return json.loads(result.stdout)
-
-
-def _submit(settings: Settings, key: str, csv_text: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{settings.service_url('intake')}/v1/batches",
-        content=csv_text.encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "text/csv"},
-        timeout=300.0,
-    )
-    if response.status_code >= 400:
-        raise RuntimeError(f"batch refused ({response.status_code}): {response.text[:500]}")
-    return dict(response.json())
 
 
 def _demo_settings(settings: Settings) -> Settings:
@@ -189,7 +149,6 @@ def demo(
     try:
         stack.start()
         settings = stack.settings
-        keys = {name: _create_partner(settings, name)["api_key"] for name in programme.partners}
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -198,15 +157,8 @@ def demo(
             console=stderr,
         ) as bar:
             task = bar.add_task("batches submitted and decided", total=len(programme.batches))
-            # Partners submit one after another, as in the field; each batch is drained before the
-            # next, so "the first approval wins" follows submission order and the result is exact.
-            for batch in programme.batches:
-                _submit(settings, keys[batch.partner_name], batch.to_csv())
-                state = wait_until_drained(settings, timeout, progress=False, settle=0.3)
-                if not state.get("drained"):
-                    raise RuntimeError(f"the pipeline did not drain within {timeout:.0f}s: {state}")
-                bar.advance(task)
-        reach = httpx.get(f"{settings.service_url('reporting')}/v1/reach", timeout=30.0).json()
+            run_programme(settings, programme, timeout=timeout, on_batch=lambda *_: bar.advance(task))
+        reach = fetch_reach(settings)
         elapsed = time.monotonic() - started
         truth = {k: v for k, v in programme.truth.items() if k not in ("accepted", "rejected")}
         state = pipeline_state(settings)
@@ -229,7 +181,7 @@ def demo(
             signal.signal(signal.SIGTERM, stack.request_stop)
             signal.signal(signal.SIGINT, stack.request_stop)
             stack.run_forever()
-    except (RuntimeError, httpx.HTTPError) as error:
+    except (RuntimeError, ProgrammeError, httpx.HTTPError) as error:
         stack.stop()
         fail(str(error), as_json=as_json)
     finally:
