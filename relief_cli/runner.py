@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from relief_cli.drain import wait_until_drained
 from relief_cli.generator import Programme
@@ -32,13 +34,44 @@ def create_partner(settings: Settings, name: str, role: str = "partner") -> dict
     return dict(json.loads(result.stdout))
 
 
-def submit_batch(settings: Settings, api_key: str, csv_text: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{settings.service_url('intake')}/v1/batches",
-        content=csv_text.encode(),
-        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "text/csv"},
-        timeout=300.0,
+class _Unavailable(Exception):
+    pass
+
+
+def submit_batch(settings: Settings, api_key: str, csv_text: str, *, attempts: int = 30) -> dict[str, Any]:
+    """Upload one batch; retry while intake is unreachable, under one Idempotency-Key, so a retry
+    after a lost answer returns the first result instead of creating a second batch."""
+    body = csv_text.encode()
+    idempotency_key = hashlib.sha256(body).hexdigest()[:32]
+
+    @retry(
+        retry=retry_if_exception_type(_Unavailable),
+        wait=wait_random_exponential(multiplier=0.3, max=5),
+        stop=stop_after_attempt(attempts),
+        reraise=True,
     )
+    def post() -> httpx.Response:
+        try:
+            response = httpx.post(
+                f"{settings.service_url('intake')}/v1/batches",
+                content=body,
+                headers={
+                    "Authorization": f"Bearer {api_key}",
+                    "Content-Type": "text/csv",
+                    "Idempotency-Key": idempotency_key,
+                },
+                timeout=300.0,
+            )
+        except httpx.TransportError as error:
+            raise _Unavailable(str(error)) from error
+        if response.status_code in (429, 502, 503, 504):
+            raise _Unavailable(f"intake answered {response.status_code}")
+        return response
+
+    try:
+        response = post()
+    except _Unavailable as error:
+        raise ProgrammeError(f"intake unreachable: {error}") from None
     if response.status_code >= 400:
         raise ProgrammeError(f"batch refused ({response.status_code}): {response.text[:500]}")
     return dict(response.json())
