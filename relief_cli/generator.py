@@ -552,16 +552,10 @@ def reference_reach(batches: list[Batch]) -> dict[str, Any]:
             person = find(item["row_id"])
             assistance = v["assistance"]
             already = any(find(p) == person and a == assistance for (p, a) in approvals)
-            if assistance == "cash_relief":
-                failing = item["age"] < 18 or not v["vulnerabilities"]
-                if failing:
-                    item["decision"] = "ineligible"
-                elif already:
-                    item["decision"] = "duplicate"
-                else:
-                    item["decision"] = "eligible"
-            else:
-                item["decision"] = "duplicate" if already else "eligible"
+            # A row of a person already approved for this help is a duplicate registration,
+            # whatever else it fails (the other reasons are listed with it).
+            failing = assistance == "cash_relief" and (item["age"] < 18 or not v["vulnerabilities"])
+            item["decision"] = "duplicate" if already else "ineligible" if failing else "eligible"
             if item["decision"] == "duplicate":
                 duplicates += 1
             if item["decision"] == "eligible":
