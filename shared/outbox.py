@@ -136,36 +136,65 @@ class OutboxRelay:
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
 
-    def _claim(self) -> list[tuple[int, str, str | None, bytes]]:
-        with Session(self.engine) as session:
-            query = (
-                select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.payload)  # type: ignore[call-overload]
-                .where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
-                .order_by(OutboxMessage.id)
-                .limit(self.batch_size)
-            )
-            return [tuple(row) for row in session.execute(query).all()]
+    def _unsent_query(self) -> Any:
+        query = (
+            select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.payload)  # type: ignore[call-overload]
+            .where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
+            .order_by(OutboxMessage.id)
+            .limit(self.batch_size)
+        )
+        if self.engine.dialect.name == "postgresql":
+            # Replicas sharing one database each take different rows and never publish a row twice.
+            query = query.with_for_update(skip_locked=True)
+        return query
 
-    def _mark_sent(self, ids: list[int]) -> None:
-        with Session(self.engine) as session, session.begin():
-            now = utc_now()
-            for start in range(0, len(ids), 900):
-                chunk = ids[start : start + 900]
-                session.execute(update(OutboxMessage).where(col(OutboxMessage.id).in_(chunk)).values(sent_at=now))
+    @staticmethod
+    def _mark_sent(session: Session, ids: list[int]) -> None:
+        now = utc_now()
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            session.execute(update(OutboxMessage).where(col(OutboxMessage.id).in_(chunk)).values(sent_at=now))
 
     async def publish_pending(self) -> int:
-        """One pass: publish everything unsent now. Returns how many went out."""
+        """Publish everything unsent now. Returns how many went out."""
         total = 0
         while True:
-            rows = await asyncio.to_thread(self._claim)
+            count = await self._publish_one_batch()
+            total += count
+            self.published_total += count
+            if count < self.batch_size:
+                return total
+
+    async def _publish_one_batch(self) -> int:
+        """Claim, publish and mark one batch.
+
+        On PostgreSQL the claimed rows stay locked (FOR UPDATE SKIP LOCKED) while they are
+        published and are marked sent in the same transaction, so replicas sharing a database
+        never publish a row twice. SQLite has one writer per database file: there the claim
+        takes no lock, so the handlers are not blocked while Kafka answers.
+        """
+        session = Session(self.engine)
+        try:
+            transaction = session.begin()
+            query = self._unsent_query()
+            rows = await asyncio.to_thread(lambda: [tuple(row) for row in session.execute(query).all()])
+            if not rows or self.engine.dialect.name != "postgresql":
+                transaction.rollback()
             if not rows:
-                return total
+                return 0
             await self.publisher.send_many([(topic, key, payload) for _, topic, key, payload in rows])
-            await asyncio.to_thread(self._mark_sent, [row[0] for row in rows])
-            total += len(rows)
-            self.published_total += len(rows)
-            if len(rows) < self.batch_size:
-                return total
+            ids = [row[0] for row in rows]
+
+            def mark() -> None:
+                if not session.in_transaction():
+                    session.begin()
+                self._mark_sent(session, ids)
+                session.commit()
+
+            await asyncio.to_thread(mark)
+            return len(rows)
+        finally:
+            await asyncio.to_thread(session.close)
 
     async def _run(self) -> None:
         delay = 0.5

@@ -26,7 +26,7 @@ from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_ROOT = Path(os.environ.get("RELIEF_TEST_ROOT", Path(__file__).resolve().parent.parent / ".relief-test"))
-TEST_SECRET = "test-identity-secret-0123456789abcdef"
+TEST_SECRET = "test-identity-secret-0123456789abcdef"  # noqa: S105 - a test-only value
 
 
 def free_port() -> int:
