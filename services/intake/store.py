@@ -1,0 +1,299 @@
+"""Intake's own tables (prefixed `intake_`) and the queries on them.
+
+Raw personal data lives only here: `intake_beneficiary` keeps accepted rows (the payout account
+sealed); rejected rows keep only their row number, column and message. Timestamps are aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    any_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Column, Field, Session, SQLModel
+
+from services.intake.domain import RowError
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Timestamps are stored and compared as aware UTC values."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class Partner(SQLModel, table=True):
+    """A CSO partner or a finance user; only a salted hash of its API key's secret is kept."""
+
+    __tablename__ = "intake_partner"
+
+    partner_id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    salt: str = Field(max_length=64)
+    key_hash: str = Field(max_length=128)
+    revoked_at: datetime | None = None
+    created_at: datetime
+
+
+class Batch(SQLModel, table=True):
+    __tablename__ = "intake_batch"
+
+    batch_id: str = Field(primary_key=True, max_length=40)
+    partner_id: str = Field(index=True, max_length=32, foreign_key="intake_partner.partner_id")
+    file_format: str = Field(max_length=8)
+    size_bytes: int
+    accepted: int = 0
+    rejected: int = 0
+    created_at: datetime
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """An `Idempotency-Key` with the hash of the body it came with and the batch it produced."""
+
+    __tablename__ = "intake_idempotency"
+
+    partner_id: str = Field(primary_key=True, max_length=32)
+    idempotency_key: str = Field(primary_key=True, max_length=200)
+    body_sha256: str = Field(max_length=64)
+    batch_id: str = Field(max_length=40)
+    created_at: datetime
+
+
+class RowRejection(SQLModel, table=True):
+    __tablename__ = "intake_row_error"
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: str = Field(index=True, max_length=40)
+    row_number: int
+    column_name: str | None = Field(default=None, max_length=64)
+    code: str = Field(max_length=40)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Beneficiary(SQLModel, table=True):
+    """An accepted row, and the progress intake reads back from the downstream topics."""
+
+    __tablename__ = "intake_beneficiary"
+    __table_args__ = (
+        UniqueConstraint("partner_id", "partner_ref", name="uq_intake_beneficiary_partner_ref"),
+        Index("ix_intake_beneficiary_batch", "batch_id"),
+    )
+
+    row_id: str = Field(primary_key=True, max_length=64)
+    batch_id: str = Field(max_length=40)
+    partner_id: str = Field(max_length=32)
+    row_number: int
+    partner_ref: str = Field(max_length=64)
+    given_name: str = Field(max_length=100)
+    family_name: str | None = Field(default=None, max_length=100)
+    sex: str = Field(max_length=1)
+    date_of_birth: date
+    nationality: str = Field(max_length=3)
+    country: str = Field(max_length=2)
+    id_type: str = Field(max_length=16)
+    id_number: str | None = Field(default=None, max_length=40)
+    phone: str | None = Field(default=None, max_length=16)
+    household_size: int
+    vulnerabilities: str | None = Field(default=None, max_length=200)
+    assistance: str = Field(max_length=32)
+    payout_method: str | None = Field(default=None, max_length=16)
+    payout_account_sealed: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    registered_on: date
+    age_years: int
+    document_key: str | None = Field(default=None, max_length=64)
+    name_key: str = Field(max_length=64)
+    created_at: datetime
+    decision: str | None = Field(default=None, max_length=16)
+    person_id: str | None = Field(default=None, max_length=64)
+    decided_at: datetime | None = None
+    payment_ref: str | None = Field(default=None, max_length=64)
+    payment_status: str | None = Field(default=None, max_length=20)
+    payment_sequence: int | None = None
+
+
+TABLES = [
+    Partner.__table__,  # type: ignore[attr-defined]
+    Batch.__table__,  # type: ignore[attr-defined]
+    IdempotencyRecord.__table__,  # type: ignore[attr-defined]
+    RowRejection.__table__,  # type: ignore[attr-defined]
+    Beneficiary.__table__,  # type: ignore[attr-defined]
+]
+_beneficiaries = Beneficiary.__table__  # type: ignore[attr-defined]
+_rejections = RowRejection.__table__  # type: ignore[attr-defined]
+
+
+# ---- partners -------------------------------------------------------------------------------
+
+
+def get_partner(session: Session, partner_id: str) -> Partner | None:
+    return session.get(Partner, partner_id)
+
+
+def add_partner(session: Session, partner: Partner) -> None:
+    session.add(partner)
+
+
+def revoke_partner(session: Session, partner_id: str, at: datetime) -> bool:
+    """Revoke a key; revoking twice keeps the first time. False when the partner is unknown."""
+    partner = session.get(Partner, partner_id)
+    if partner is None:
+        return False
+    if partner.revoked_at is None:
+        partner.revoked_at = as_utc(at)
+        session.add(partner)
+    return True
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+
+def find_idempotency_record(session: Session, partner_id: str, key: str) -> IdempotencyRecord | None:
+    return session.get(IdempotencyRecord, (partner_id, key))
+
+
+def add_idempotency_record(session: Session, record: IdempotencyRecord) -> None:
+    session.add(record)
+
+
+def add_batch(session: Session, batch: Batch) -> None:
+    session.add(batch)
+    session.flush()
+
+
+def get_batch(session: Session, batch_id: str) -> Batch | None:
+    return session.get(Batch, batch_id)
+
+
+def partner_refs_taken(session: Session, partner_id: str, refs: Sequence[str]) -> set[str]:
+    """Which of these partner_refs the partner already used in an earlier batch."""
+    if not refs:
+        return set()
+    wanted = sorted(set(refs))
+    column = _beneficiaries.c.partner_ref
+    if session.get_bind().dialect.name == "postgresql":
+        # One array parameter, not an IN list: within an upload's transaction the table grows by
+        # rows the planner has no statistics for, and `IN (1000 params)` then turns into a
+        # sequential scan comparing every row with every parameter (minutes for 50,000 rows).
+        # `= ANY(array)` is hashed or uses the unique index either way.
+        match = column == any_(bindparam("refs", wanted, type_=postgresql.ARRAY(String)))
+    else:
+        match = column.in_(wanted)
+    query = select(column).where(_beneficiaries.c.partner_id == partner_id, match)
+    return set(session.execute(query).scalars())
+
+
+def insert_beneficiaries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(_beneficiaries), list(rows))
+
+
+def insert_rejections(session: Session, batch_id: str, errors: Iterable[RowError]) -> None:
+    rows = [
+        {
+            "batch_id": batch_id,
+            "row_number": e.row,
+            "column_name": e.column,
+            "code": e.code,
+            "message": e.message,
+        }
+        for e in errors
+    ]
+    if rows:
+        session.execute(insert(_rejections), rows)
+
+
+def rejections_of(session: Session, batch_id: str) -> list[RowError]:
+    query = (
+        select(_rejections.c.row_number, _rejections.c.column_name, _rejections.c.code, _rejections.c.message)
+        .where(_rejections.c.batch_id == batch_id)
+        .order_by(_rejections.c.id)
+    )
+    return [RowError(row, column, code, message) for row, column, code, message in session.execute(query)]
+
+
+def progress_groups(
+    session: Session, batch_id: str | None = None
+) -> list[tuple[str | None, str, str | None, int]]:
+    """Accepted rows counted by (decision, assistance, payment_status), for one batch or all."""
+    columns = (_beneficiaries.c.decision, _beneficiaries.c.assistance, _beneficiaries.c.payment_status)
+    query = select(*columns, func.count()).group_by(*columns)
+    if batch_id is not None:
+        query = query.where(_beneficiaries.c.batch_id == batch_id)
+    return [
+        (decision, assistance, status, int(rows))
+        for decision, assistance, status, rows in session.execute(query)
+    ]
+
+
+def batch_totals(session: Session) -> tuple[int, int]:
+    """Accepted and rejected rows over every batch."""
+    accepted, rejected = session.execute(
+        select(func.coalesce(func.sum(Batch.accepted), 0), func.coalesce(func.sum(Batch.rejected), 0))
+    ).one()
+    return int(accepted), int(rejected)
+
+
+# ---- progress read back from downstream -----------------------------------------------------
+
+
+def record_decisions(session: Session, decisions: Sequence[dict[str, Any]]) -> None:
+    """Set each row's decision; an older decision arriving late never overwrites a newer one.
+
+    Each item: row_id, decision, person_id, decided_at (aware UTC).
+    """
+    if not decisions:
+        return
+    statement = (
+        update(_beneficiaries)
+        .where(
+            _beneficiaries.c.row_id == bindparam("b_row_id"),
+            or_(
+                _beneficiaries.c.decided_at.is_(None),
+                _beneficiaries.c.decided_at <= bindparam("b_decided_at"),
+            ),
+        )
+        .values(
+            decision=bindparam("b_decision"),
+            person_id=bindparam("b_person_id"),
+            decided_at=bindparam("b_decided_at"),
+        )
+    )
+    session.execute(statement, [{f"b_{key}": value for key, value in item.items()} for item in decisions])
+
+
+def record_payment_statuses(session: Session, statuses: Sequence[dict[str, Any]]) -> None:
+    """Keep the newest status per row by the payment's `sequence`.
+
+    Each item: row_id, payment_ref, status, sequence.
+    """
+    if not statuses:
+        return
+    statement = (
+        update(_beneficiaries)
+        .where(
+            _beneficiaries.c.row_id == bindparam("b_row_id"),
+            or_(
+                _beneficiaries.c.payment_sequence.is_(None),
+                _beneficiaries.c.payment_sequence < bindparam("b_sequence"),
+            ),
+        )
+        .values(
+            payment_ref=bindparam("b_payment_ref"),
+            payment_status=bindparam("b_status"),
+            payment_sequence=bindparam("b_sequence"),
+        )
+    )
+    session.execute(statement, [{f"b_{key}": value for key, value in item.items()} for item in statuses])
