@@ -73,11 +73,13 @@ class IdentityHasher:
     def __init__(self, secret: str) -> None:
         if not secret:
             raise ValueError("an identity secret is required")
-        self._secret = secret.encode()
+        # Keyed once; each hash copies the keyed state instead of re-deriving the pads.
+        self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
     def keyed_hash(self, purpose: str, *parts: str) -> str:
-        message = "\x1f".join((purpose, *parts)).encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        mac = self._keyed.copy()
+        mac.update("\x1f".join((purpose, *parts)).encode())
+        return mac.hexdigest()
 
     def keys_for(
         self,
