@@ -15,7 +15,9 @@ PERSONAL_FIELDS = frozenset(
 )
 
 
-def _redact_personal_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _redact_personal_fields(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for field in PERSONAL_FIELDS.intersection(event_dict):
         event_dict[field] = "[redacted]"
     return event_dict

@@ -1,0 +1,118 @@
+"""Pipeline health for the whole system, as reporting sees it from outside the other services:
+consumer lag per group and topic, dead-letter topic sizes, and each service's health and outbox
+backlog read from its own `/healthz` and `/metrics` pages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.kafka import consumer_lag
+from shared.settings import SERVICES, Settings
+from shared.topics import TOPICS, consumer_subscriptions
+
+
+@dataclass(frozen=True)
+class ServiceCheck:
+    """What one service says about itself; `None` where it could not be asked."""
+
+    name: str
+    up: bool
+    outbox_backlog: int | None = None
+    outbox_oldest_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class PipelineHealth:
+    measured_at: datetime | None = None
+    consumer_lag: dict[tuple[str, str], int] = field(default_factory=dict)  # (group, topic) → records
+    dead_letters: dict[str, int] = field(default_factory=dict)  # dead-letter topic → messages kept
+    services: dict[str, ServiceCheck] = field(default_factory=dict)
+    kafka_error: str | None = None
+
+    @property
+    def total_lag(self) -> int:
+        return sum(self.consumer_lag.values())
+
+    @property
+    def total_dead_letters(self) -> int:
+        return sum(self.dead_letters.values())
+
+
+def _unprefixed(name: str, prefix: str) -> str:
+    """Metric labels carry the stable names (`relief-reporting`, `eligibility.decided`)."""
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+
+
+def measure_consumer_lag(settings: Settings) -> dict[tuple[str, str], int]:
+    """(group, topic) → records the group has not committed yet, for every project group."""
+    subscriptions: dict[str, Sequence[str]] = dict(consumer_subscriptions(settings.topic, settings.group_id))
+    lag = consumer_lag(settings, subscriptions)
+    prefix = settings.topic_prefix
+    return {
+        (_unprefixed(group, prefix), _unprefixed(topic, prefix)): value
+        for (group, topic), value in sorted(lag.items())
+    }
+
+
+def measure_dead_letters(settings: Settings) -> dict[str, int]:
+    """Dead-letter topic → messages it holds (end offset minus start offset, over partitions)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="relief-reporting-dlq",
+        enable_auto_commit=False,
+    )
+    try:
+        sizes: dict[str, int] = {}
+        for topic in TOPICS:
+            name = settings.topic(topic.dead_letter)
+            partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+            if not partitions:
+                sizes[topic.dead_letter] = 0
+                continue
+            starts = consumer.beginning_offsets(partitions)
+            ends = consumer.end_offsets(partitions)
+            sizes[topic.dead_letter] = sum(max(0, ends[p] - starts[p]) for p in partitions)
+        return sizes
+    finally:
+        consumer.close()
+
+
+async def check_service(client: httpx.AsyncClient, settings: Settings, name: str) -> ServiceCheck:
+    base = settings.service_url(name)
+    try:
+        health = await client.get(f"{base}/healthz")
+        up = health.status_code == 200
+        page = await client.get(f"{base}/metrics")
+        page.raise_for_status()
+    except httpx.HTTPError:
+        return ServiceCheck(name, up=False)
+    backlog: int | None = None
+    oldest: float | None = None
+    for family in text_string_to_metric_families(page.text):
+        for sample in family.samples:
+            if sample.name == "relief_outbox_backlog":
+                backlog = int(sample.value)
+            elif sample.name == "relief_outbox_oldest_age_seconds":
+                oldest = float(sample.value)
+    return ServiceCheck(name, up=up, outbox_backlog=backlog, outbox_oldest_seconds=oldest)
+
+
+async def check_services(
+    settings: Settings, *, known: Sequence[ServiceCheck] = (), timeout: float = 2.0
+) -> dict[str, ServiceCheck]:
+    """Every service's check; `known` ones (reporting's own) are taken as given, not asked."""
+    given = {check.name: check for check in known}
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        asked = await asyncio.gather(
+            *(check_service(client, settings, name) for name in SERVICES if name not in given)
+        )
+    checks = {check.name: check for check in asked} | given
+    return {name: checks[name] for name in SERVICES}
