@@ -86,7 +86,10 @@ async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 
                 if arrived >= messages:
                     done.set()
                 return
-            futures = [await broker.publish(record.value, target, key=record.key, no_confirm=True) for record in records]
+            futures = [
+                await broker.publish(record.value, target, key=record.key, no_confirm=True)
+                for record in records
+            ]
             await asyncio.gather(*futures)
 
     for index in range(hops):
@@ -95,9 +98,17 @@ async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 
     await broker.start()
     await asyncio.sleep(3)  # let the groups join before the clock starts
     started = time.perf_counter()
-    futures = [await broker.publish(PAYLOAD, topics[0], key=str(i % 997).encode(), no_confirm=True) for i in range(messages)]
+    futures = [
+        await broker.publish(PAYLOAD, topics[0], key=str(i % 997).encode(), no_confirm=True)
+        for i in range(messages)
+    ]
     await asyncio.gather(*futures)
     await asyncio.wait_for(done.wait(), timeout=600)
     seconds = time.perf_counter() - started
     await broker.stop()
-    return {"messages": messages, "hops": hops, "seconds": round(seconds, 2), "records_per_second": round(messages / seconds)}
+    return {
+        "messages": messages,
+        "hops": hops,
+        "seconds": round(seconds, 2),
+        "records_per_second": round(messages / seconds),
+    }

@@ -16,7 +16,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def main() -> None:
     """Logs go to stderr as JSON lines, so `--json` output on stdout stays one object."""

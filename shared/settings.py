@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     eligibility_port: int = Field(8002, ge=1, le=65535)
     disbursement_port: int = Field(8003, ge=1, le=65535)
     reporting_port: int = Field(8004, ge=1, le=65535)
+    # Where the other services are reached, when not on `host` (e.g. `http://intake:8001` in Docker).
+    intake_url: str | None = None
+    eligibility_url: str | None = None
+    disbursement_url: str | None = None
+    reporting_url: str | None = None
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_rows: int = Field(50_000, ge=1)
     consumer_batch_size: int = Field(500, ge=1, le=10_000)
@@ -100,7 +105,11 @@ class Settings(BaseSettings):
         return port
 
     def service_url(self, service: str) -> str:
-        return f"http://{self.host}:{self.service_port(service)}"
+        configured: str | None = getattr(self, f"{service}_url")
+        if configured:
+            return configured.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104 - a listen address
+        return f"http://{host}:{self.service_port(service)}"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

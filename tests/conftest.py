@@ -82,7 +82,9 @@ def test_id() -> str:
 def make_settings(kafka: LocalKafka, tmp_path: Path, test_id: str) -> Callable[..., Settings]:
     """Settings for one test: its own topic prefix, data directory and service ports."""
 
-    def build(database: str = "sqlite", postgres_cluster: LocalPostgres | None = None, **overrides: object) -> Settings:
+    def build(
+        database: str = "sqlite", postgres_cluster: LocalPostgres | None = None, **overrides: object
+    ) -> Settings:
         values: dict[str, object] = {
             "data_dir": tmp_path / "data",
             "kafka_bootstrap_servers": kafka.bootstrap_servers,
@@ -96,7 +98,9 @@ def make_settings(kafka: LocalKafka, tmp_path: Path, test_id: str) -> Callable[.
         }
         if database == "postgres":
             assert postgres_cluster is not None, "pass the postgres fixture"
-            values["database_url"] = f"postgresql+psycopg://relief@127.0.0.1:{postgres_cluster.port}/t{test_id}"
+            values["database_url"] = (
+                f"postgresql+psycopg://relief@127.0.0.1:{postgres_cluster.port}/t{test_id}"
+            )
         values.update(overrides)
         settings = Settings(**values)  # type: ignore[arg-type]
         ensure_topics(settings)
@@ -122,14 +126,19 @@ class ServiceProcess:
         env = {**os.environ, **self.settings.child_environment()}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", f"services.{self.name}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
                     return self

@@ -13,7 +13,9 @@ from relief_cli.stack import Stack
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_a_programme_through_the_real_stack_reaches_exactly_the_ground_truth(database, make_settings, request):
+def test_a_programme_through_the_real_stack_reaches_exactly_the_ground_truth(
+    database, make_settings, request
+):
     cluster = request.getfixturevalue("postgres") if database == "postgres" else None
     settings = make_settings(database=database, postgres_cluster=cluster)
     programme = generate_programme(400, seed=21 if database == "sqlite" else 22)

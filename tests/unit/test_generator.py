@@ -37,7 +37,21 @@ def test_the_oracle_counts_one_person_across_partners_and_countries():
 
     person = Person(0, "Văn An", "Nguyễn", "M", date(1990, 6, 1), "VNM", "passport", "C123", 4, None)
     first = Batch(0, "A", [_row(person, 0)])
-    second = Batch(1, "B", [_row(person, 1, country="TH", id_number="c-12 3", given_name="Van An", assistance="food_kit", household_size="6")])
+    second = Batch(
+        1,
+        "B",
+        [
+            _row(
+                person,
+                1,
+                country="TH",
+                id_number="c-12 3",
+                given_name="Van An",
+                assistance="food_kit",
+                household_size="6",
+            )
+        ],
+    )
     third = Batch(1, "B", [_row(person, 1, id_number="X9")])  # rule 2 only; cash again → duplicate
     truth = reference_reach([first, second, third])
     assert truth["beneficiaries_reached"] == 1

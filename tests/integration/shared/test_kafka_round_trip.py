@@ -8,19 +8,32 @@ from datetime import date
 
 from kafka import KafkaAdminClient
 
+from shared.consumer import BatchConsumer
 from shared.events import BeneficiaryRegistered, Event
 from shared.kafka import BrokerPublisher, consumer_lag, make_broker
-from shared.consumer import BatchConsumer
 from shared.metrics import make_registry, pipeline_metrics
 from shared.topics import BENEFICIARY_REGISTERED
 
 
 def registered(index: int) -> BeneficiaryRegistered:
     return BeneficiaryRegistered(
-        row_id=f"row-{index}", batch_id="b1", partner_id="p1", partner_name="Partner One", document_key=None, name_key=f"k{index}",
-        near_keys=[f"n{index}"], sex="F", age_years=30, nationality="VNM", country="MY", household_size=2,
-        vulnerabilities=["job_loss"], assistance="cash_relief", payout_method="cash_pickup",
-        payout_account_sealed=None, registered_on=date(2026, 1, 5),
+        row_id=f"row-{index}",
+        batch_id="b1",
+        partner_id="p1",
+        partner_name="Partner One",
+        document_key=None,
+        name_key=f"k{index}",
+        near_keys=[f"n{index}"],
+        sex="F",
+        age_years=30,
+        nationality="VNM",
+        country="MY",
+        household_size=2,
+        vulnerabilities=["job_loss"],
+        assistance="cash_relief",
+        payout_method="cash_pickup",
+        payout_account_sealed=None,
+        registered_on=date(2026, 1, 5),
     )
 
 
@@ -31,8 +44,14 @@ async def consume_until(settings, expected: int, seen: list[Event], timeout: flo
     def apply(events: Sequence[Event]) -> None:
         seen.extend(events)
 
-    BatchConsumer(broker=broker, settings=settings, topic=BENEFICIARY_REGISTERED, service="roundtrip",
-                  apply=apply, metrics=pipeline_metrics(registry))
+    BatchConsumer(
+        broker=broker,
+        settings=settings,
+        topic=BENEFICIARY_REGISTERED,
+        service="roundtrip",
+        apply=apply,
+        metrics=pipeline_metrics(registry),
+    )
     await broker.start()
     try:
         async with asyncio.timeout(timeout):
@@ -58,18 +77,26 @@ async def publish(settings, events: list[Event], extra: list[bytes] = ()) -> Non
 async def test_events_round_trip_through_a_consumer_group_and_commit(make_settings):
     settings = make_settings()
     sent = [registered(i) for i in range(25)]
-    await publish(settings, sent, extra=[b"not json", b'{"event_type": "beneficiary.registered", "schema_version": 9}'])
+    await publish(
+        settings, sent, extra=[b"not json", b'{"event_type": "beneficiary.registered", "schema_version": 9}']
+    )
     seen: list[Event] = []
     await consume_until(settings, 25, seen)
     assert sorted(e.event_id for e in seen) == sorted(e.event_id for e in sent)
     assert seen[0] == next(e for e in sent if e.event_id == seen[0].event_id)
-    lag = consumer_lag(settings, {settings.group_id("roundtrip"): [settings.topic(BENEFICIARY_REGISTERED.name)]})
+    lag = consumer_lag(
+        settings, {settings.group_id("roundtrip"): [settings.topic(BENEFICIARY_REGISTERED.name)]}
+    )
     assert sum(lag.values()) == 0, lag
     # The two poison messages went to the dead-letter topic with their reasons.
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(settings.topic("beneficiary.registered.dlq"), bootstrap_servers=settings.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        settings.topic("beneficiary.registered.dlq"),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
     reasons = sorted(__import__("json").loads(m.value)["reason"] for m in consumer)
     consumer.close()
     assert reasons[0].startswith("not JSON")
@@ -91,7 +118,15 @@ def test_topics_are_created_with_their_partition_counts(make_settings):
     settings = make_settings()
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
-        described = {t.get("topic", t.get("name")): len(t["partitions"]) for t in admin.describe_topics([settings.topic("beneficiary.registered"), settings.topic("eligibility.decided.dlq")])}
+        described = {
+            t.get("topic", t.get("name")): len(t["partitions"])
+            for t in admin.describe_topics(
+                [settings.topic("beneficiary.registered"), settings.topic("eligibility.decided.dlq")]
+            )
+        }
     finally:
         admin.close()
-    assert described == {settings.topic("beneficiary.registered"): 6, settings.topic("eligibility.decided.dlq"): 1}
+    assert described == {
+        settings.topic("beneficiary.registered"): 6,
+        settings.topic("eligibility.decided.dlq"): 1,
+    }

@@ -17,7 +17,11 @@ def test_kcat_lists_the_project_topics_with_their_partition_counts(make_settings
     ]
     for _ in range(20):  # new topics reach the metadata cache within moments
         listing = subprocess.run(
-            ["kcat", "-L", "-b", settings.bootstrap_servers], capture_output=True, text=True, timeout=30, check=True
+            ["kcat", "-L", "-b", settings.bootstrap_servers],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
         if all(line in listing for line in wanted):
             break

@@ -31,7 +31,11 @@ def test_names_normalise_as_the_spec_says(given, family, expected):
 
 
 def test_vietnamese_with_and_without_marks_is_the_same_name():
-    assert normalise_name("Trần Thị Thu Hà") == normalise_name("Tran Thi Thu Ha") == normalise_name("HA THU THI TRAN")
+    assert (
+        normalise_name("Trần Thị Thu Hà")
+        == normalise_name("Tran Thi Thu Ha")
+        == normalise_name("HA THU THI TRAN")
+    )
 
 
 def test_thai_names_drop_combining_vowel_and_tone_marks_consistently():
@@ -80,7 +84,9 @@ def test_rule_two_same_name_dob_and_nationality_gives_the_same_name_key():
 
 def test_another_nationality_is_another_person():
     a = hasher.keys_for(given_name="An", family_name="Nguyen", id_number="C1", **person)
-    b = hasher.keys_for(given_name="An", family_name="Nguyen", id_number="C1", **{**person, "nationality": "KHM"})
+    b = hasher.keys_for(
+        given_name="An", family_name="Nguyen", id_number="C1", **{**person, "nationality": "KHM"}
+    )
     assert a.name_key != b.name_key and a.document_key != b.document_key
 
 
@@ -91,8 +97,12 @@ def test_no_document_means_no_document_key_and_the_name_key_partitions():
 
 
 def test_near_misses_share_a_near_key_but_not_a_name_key():
-    a = hasher.keys_for(given_name="Siti", family_name="Rahmah", id_number=None, **{**person, "id_type": "none"})
-    b = hasher.keys_for(given_name="Siti", family_name="Rahma", id_number=None, **{**person, "id_type": "none"})
+    a = hasher.keys_for(
+        given_name="Siti", family_name="Rahmah", id_number=None, **{**person, "id_type": "none"}
+    )
+    b = hasher.keys_for(
+        given_name="Siti", family_name="Rahma", id_number=None, **{**person, "id_type": "none"}
+    )
     assert a.name_key != b.name_key
     assert set(a.near_keys) & set(b.near_keys)
 

@@ -30,7 +30,10 @@ def test_each_service_owns_its_database():
     sqlite = Settings(data_dir=Path("/srv/relief"))
     assert sqlite.database_url_for("intake") == "sqlite:////srv/relief/intake.db"
     postgres = Settings(database_url="postgresql+psycopg://u@db:5432/relief?sslmode=require")
-    assert postgres.database_url_for("reporting") == "postgresql+psycopg://u@db:5432/relief_reporting?sslmode=require"
+    assert (
+        postgres.database_url_for("reporting")
+        == "postgresql+psycopg://u@db:5432/relief_reporting?sslmode=require"
+    )
 
 
 def test_a_generated_identity_secret_is_kept_and_reused(tmp_path):
