@@ -50,6 +50,7 @@ test-faults: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.run --postgres $(BENCH_ARGS)
 
 clean:
 	rm -rf .relief .relief-test deploy/kafka/target

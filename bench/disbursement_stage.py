@@ -91,7 +91,7 @@ def unsent_outbox(engine: object) -> int:
 
 def run(
     count: int, database_url: str | None, bootstrap: str | None, failure_rate: float, latency_ms: int
-) -> None:
+) -> dict[str, float]:
     from shared.kafka import ensure_topics
     from shared.settings import Settings
 
@@ -169,6 +169,12 @@ def run(
             )
             print(f"  paid: {count_rows(engine, 'paid'):,}, failed: {count_rows(engine, 'failed'):,}")
             engine.dispose()
+            return {
+                "decisions": count,
+                "payments_created_per_second": round(count / ((created_at or settled_at) - begin)),
+                "payments_settled_per_second": round(count / (settled_at - begin)),
+                "status_events_published_seconds": round(published_at - begin, 1),
+            }
         finally:
             if service is not None:
                 service.terminate()

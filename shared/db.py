@@ -69,8 +69,15 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
-    """Create the service's own tables (and only those) when missing."""
-    SQLModel.metadata.create_all(engine, tables=list(tables))
+    """Create the service's own tables (and only those) when missing.
+
+    Replicas start together: on PostgreSQL an advisory lock makes them create the schema one
+    after the other (concurrent CREATE TABLE of one name fails on the catalogue's unique index).
+    """
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('relief-schema'))"))
+        SQLModel.metadata.create_all(connection, tables=list(tables))
 
 
 @contextmanager

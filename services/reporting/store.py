@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -69,6 +69,7 @@ class ReachRow(SQLModel, table=True):
     amount_minor: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     currency: str | None = Field(default=None, max_length=3)
     version: str = Field(max_length=120)
+    recorded_at: datetime | None = None  # when this decision reached the report (latency figures)
 
 
 class ReachPayment(SQLModel, table=True):
@@ -89,6 +90,7 @@ class ReachPayment(SQLModel, table=True):
     status: str = Field(max_length=20)
     status_rank: int
     sequence: int
+    recorded_at: datetime | None = None  # when this state reached the report (latency figures)
 
 
 class PersonMerge(SQLModel, table=True):
@@ -198,6 +200,7 @@ def save_decisions(
     `details` maps a row_id to the columns kept for operators only (batch, partner id, amount).
     Returns the person ids whose reach may have changed (a row's old and new person).
     """
+    now = datetime.now(UTC)
     rows = [
         {
             "row_id": d.row_id,
@@ -211,6 +214,7 @@ def save_decisions(
             "household_size": d.household_size,
             "registered_on": d.registered_on,
             "version": d.version,
+            "recorded_at": now,
             **details[d.row_id],
         }
         for d in decisions
@@ -235,6 +239,7 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
 
     Returns the person ids of the rows these payments pay (when those rows are known yet).
     """
+    now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
         {
             "payment_ref": p.payment_ref,
@@ -246,6 +251,7 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
             "status": p.status,
             "status_rank": STATUS_RANK.get(p.status, 0),
             "sequence": p.sequence,
+            "recorded_at": now,
         }
         for p in payments
     ]

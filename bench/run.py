@@ -1,0 +1,295 @@
+"""`make bench`: the whole pipeline at the real programme's scale, against the broker's own limit.
+
+    python -m bench.run                                   # 220,472 persons on SQLite
+    python -m bench.run --persons 50000 --postgres        # on a local PostgreSQL cluster
+    python -m bench.run --skip-baselines --skip-stage     # the pipeline only
+
+Measured in one run, on one broker: raw aiokafka produce/consume rates; four chained FastStream
+pass-through consumers (the practical ceiling of this design); the disbursement stage alone;
+then the programme submitted over HTTP by its partners in parallel, from first upload to drained:
+rows per second, latency from acceptance to the reach update (p50/p95/p99), peak RSS per service,
+and whether every reach figure equals the ground truth. Prints one JSON summary and writes
+docs/bench.png (throughput and consumer lag over time) and docs/bench-<database>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import create_engine, text
+
+from relief_cli.drain import pipeline_state
+from relief_cli.generator import generate_programme
+from relief_cli.runner import create_partner, fetch_reach, submit_batch
+from relief_cli.stack import Stack
+from shared.settings import Settings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return round(ordered[index], 3)
+
+
+class Sampler(threading.Thread):
+    """Every second: rows final, total consumer lag, and each service's resident memory."""
+
+    def __init__(self, stack: Stack, started: float) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.started = started
+        self.samples: list[dict[str, Any]] = []
+        self.peak_rss: dict[str, float] = {}
+        self.stopping = threading.Event()
+        self.missed = ""
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for managed in self.stack.managed:
+                if managed.process is None or managed.process.poll() is not None:
+                    continue
+                try:
+                    rss = psutil.Process(managed.process.pid).memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                name = f"{managed.service}#{managed.replica}"
+                self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), round(rss, 1))
+            if self.stack.kafka is not None and self.stack.kafka.process is not None:
+                try:
+                    rss = psutil.Process(self.stack.kafka.process.pid).memory_info().rss / 2**20
+                    self.peak_rss["kafka"] = max(self.peak_rss.get("kafka", 0.0), round(rss, 1))
+                except psutil.Error:
+                    pass
+            try:
+                state = pipeline_state(self.stack.settings)
+                self.samples.append(
+                    {
+                        "t": round(time.monotonic() - self.started, 1),
+                        "final": state["final"],
+                        "accepted": state["accepted"],
+                        "lag": state["consumer_lag"],
+                    }  # fmt: skip
+                )
+            except Exception as error:  # a sample missed under load is not a failure
+                self.missed = f"{type(error).__name__}: {error}"
+            self.stopping.wait(1.0)
+
+
+def latencies(settings: Settings) -> list[float]:
+    """Seconds from a row's acceptance (its batch's creation) to its final state in the report."""
+    intake = create_engine(settings.database_url_for("intake"))
+    reporting = create_engine(settings.database_url_for("reporting"))
+    try:
+        with intake.connect() as connection:
+            accepted = dict(connection.execute(text("SELECT batch_id, created_at FROM intake_batch")).all())
+        with reporting.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT r.batch_id, r.recorded_at, MAX(p.recorded_at) FROM reach_row r "
+                    "LEFT JOIN reach_payment p ON p.row_id = r.row_id GROUP BY r.row_id, r.batch_id, r.recorded_at"
+                )
+            ).all()
+    finally:
+        intake.dispose()
+        reporting.dispose()
+
+    def moment(value: Any) -> float:
+        if isinstance(value, str):
+            from datetime import datetime
+
+            value = datetime.fromisoformat(value)
+        return (
+            float(value.timestamp())
+            if value.tzinfo
+            else float(value.replace(tzinfo=__import__("datetime").UTC).timestamp())
+        )
+
+    result = []
+    for batch_id, decided_at, paid_at in rows:
+        start = accepted.get(batch_id)
+        end = paid_at or decided_at
+        if start is not None and end is not None:
+            result.append(max(0.0, moment(end) - moment(start)))
+    return result
+
+
+def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(samples) < 2:
+        return
+    times = [s["t"] for s in samples]
+    rates = [0.0] + [
+        max(0.0, (b["final"] - a["final"]) / max(0.1, b["t"] - a["t"]))
+        for a, b in zip(samples, samples[1:], strict=False)
+    ]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    top.plot(times, rates, color="#1f6feb")
+    top.set_ylabel("rows final / s")
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    bottom.plot(times, [s["lag"] for s in samples], color="#d1242f")
+    bottom.set_ylabel("consumer lag (records)")
+    bottom.set_xlabel("seconds since first upload")
+    bottom.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--persons", type=int, default=220_472)
+    parser.add_argument("--seed", type=int, default=2023)
+    parser.add_argument("--postgres", action="store_true", help="run on a local PostgreSQL cluster")
+    parser.add_argument("--kafka-port", type=int, default=29092)
+    parser.add_argument("--parallel", type=int, default=4, help="partners uploading at once")
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--skip-stage", action="store_true")
+    parser.add_argument("--stage-count", type=int, default=20_000)
+    args = parser.parse_args()
+
+    root = Path(".relief/bench").resolve()
+    shutil.rmtree(root / "data", ignore_errors=True)
+    database_url = None
+    cluster = None
+    if args.postgres:
+        from shared.pg_local import LocalPostgres
+
+        cluster = LocalPostgres(root / "postgres", 55499)
+        cluster.start()
+        database_url = f"postgresql+psycopg://relief@127.0.0.1:55499/bench{int(time.time())}"
+    settings = Settings(
+        data_dir=root / "data", kafka_port=args.kafka_port, database_url=database_url, log_level="WARNING",
+        intake_port=18001, eligibility_port=18002, disbursement_port=18003, reporting_port=18004,
+        max_rows=60_000, kafka_heap="1g",
+    )  # fmt: skip
+    kind = "postgresql" if args.postgres else "sqlite"
+    summary: dict[str, Any] = {"persons": args.persons, "database": kind}
+    print(f"bench: generating a programme of {args.persons:,} persons", file=sys.stderr)
+    programme = generate_programme(args.persons, seed=args.seed)
+    summary["rows"] = programme.rows
+    stack = Stack(settings)
+    stack.start()
+    settings = stack.settings
+    try:
+        bootstrap = settings.bootstrap_servers
+        if not args.skip_baselines:
+            from bench.baseline import passthrough_rate, raw_rates
+
+            print("bench: raw produce/consume rates…", file=sys.stderr)
+            summary["kafka_raw"] = asyncio.run(raw_rates(bootstrap, 200_000))
+            print("bench: four chained pass-through consumers…", file=sys.stderr)
+            summary["passthrough_baseline"] = asyncio.run(passthrough_rate(bootstrap, 100_000))
+        if not args.skip_stage:
+            from bench.disbursement_stage import run as stage
+
+            print("bench: disbursement stage alone…", file=sys.stderr)
+            stage_url = (
+                f"postgresql+psycopg://relief@127.0.0.1:55499/stage{int(time.time())}"
+                if args.postgres
+                else None
+            )
+            summary["disbursement_stage"] = stage(args.stage_count, stage_url, bootstrap, 0.0, 0)
+
+        keys = {name: create_partner(settings, name)["api_key"] for name in programme.partners}
+        print(
+            f"bench: submitting {programme.rows:,} rows in {len(programme.batches)} batches, {args.parallel} at a time",
+            file=sys.stderr,
+        )
+        started = time.monotonic()
+        sampler = Sampler(stack, started)
+        sampler.start()
+        with ThreadPoolExecutor(args.parallel) as pool:
+            results = list(
+                pool.map(
+                    lambda b: submit_batch(settings, keys[b.partner_name], b.to_csv()), programme.batches
+                )
+            )
+        uploaded = time.monotonic() - started
+        accepted = sum(r["accepted"] for r in results)
+        last_report = 0.0
+        while True:
+            state = pipeline_state(settings)
+            if state["drained"]:
+                break
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                print(
+                    f"bench: {state['final']:,}/{state['accepted']:,} rows final, lag {state['consumer_lag']:,}",
+                    file=sys.stderr,
+                )
+            time.sleep(0.5)
+        wall = time.monotonic() - started
+        sampler.stopping.set()
+        sampler.join()
+        reach = fetch_reach(settings)
+        truth = {k: v for k, v in programme.truth.items() if k not in ("accepted", "rejected")}
+        seconds = latencies(settings)
+        pipeline_rate = accepted / wall
+        summary.update(
+            {
+                "accepted": accepted,
+                "upload_seconds": round(uploaded, 1),
+                "wall_seconds_to_drained": round(wall, 1),
+                "rows_per_second": round(pipeline_rate),
+                "latency_seconds": {
+                    "p50": percentile(seconds, 0.5),
+                    "p95": percentile(seconds, 0.95),
+                    "p99": percentile(seconds, 0.99),
+                },
+                "peak_rss_mib": dict(sorted(sampler.peak_rss.items())),
+                "beneficiaries_reached": reach["beneficiaries_reached"],
+                # Batches went in concurrently, so "the first approval wins" follows arrival order:
+                # the order-independent figures must match exactly.
+                "order_independent_figures_match": all(
+                    reach[k] == truth[k]
+                    for k in (
+                        "beneficiaries_reached",
+                        "people_reached",
+                        "by_assistance",
+                        "by_sex",
+                        "by_age_band",
+                    )
+                ),
+            }
+        )
+        if "passthrough_baseline" in summary:
+            summary["ratio_pipeline_to_baseline"] = round(
+                pipeline_rate / summary["passthrough_baseline"]["records_per_second"], 3
+            )
+        DOCS.mkdir(exist_ok=True)
+        plot(
+            sampler.samples,
+            DOCS / f"bench-{kind}.png",
+            f"{args.persons:,} persons on {kind}: throughput and consumer lag",
+        )
+        (DOCS / f"bench-{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    finally:
+        stack.stop()
+        if cluster is not None:
+            cluster.stop()
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
