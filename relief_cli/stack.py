@@ -48,6 +48,14 @@ class Stack:
         return self.settings.data_dir / "logs"
 
     def start(self, *, wait: bool = True) -> None:
+        """Start everything; if any part fails to come up, stop what did and raise."""
+        try:
+            self._start(wait=wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, *, wait: bool) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in SERVICES:
