@@ -297,7 +297,7 @@ class _Builder:
         kind = self.random.randrange(6)
         if kind == 0:
             row.values["date_of_birth"] = "1990-02-30"
-        elif kind == 1:
+        elif kind == 1 and person.family:
             row.values["nationality"] = "Vietnam"
         elif kind == 2:
             row.values["household_size"] = "0"
@@ -389,7 +389,7 @@ def generate_programme(persons: int = 2000, seed: int = 7, partners: int | None 
                     given=_strip_marks(person.given).upper(),
                 ),
             )
-        elif kind == 1:
+        elif kind == 1 and person.family:
             # Rule 2: same name (marks dropped, tokens reordered) and birth date, another document.
             id_type, id_number = builder._document(person.nationality)
             place(

@@ -211,7 +211,10 @@ def _has_control_characters(value: str) -> bool:
     if value.isprintable():  # the common case, decided in C
         return False
     # Zero-width (non-)joiners are format characters that some scripts need inside names.
-    return any(unicodedata.category(char) in ("Cc", "Cf") and char not in "\u200c\u200d" for char in value)
+    return any(
+        unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") and char not in "\u200c\u200d"
+        for char in value
+    )
 
 
 def _required(column: str, value: str | None) -> str:

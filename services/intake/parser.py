@@ -103,6 +103,9 @@ def _read_csv(text: io.TextIOWrapper) -> Generator[RawRow, None, None]:
     if not header_line.strip():
         raise FileRefused("empty_file", "the file is empty: it needs a header row and at least one data row")
     delimiter = _pick_delimiter(header_line)
+    # The csv module's own cell limit (128 KiB) would refuse a whole file for one huge cell; the
+    # file size limit bounds cells instead, and an over-long cell is that row's error.
+    csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))
     reader = csv.reader(itertools.chain([header_line], text), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
@@ -188,6 +191,11 @@ class _JsonStream:
                         "malformed_json", f"the JSON array cannot be read at element {element}: {error.msg}"
                     ) from None
                 continue
+            except ValueError:  # e.g. a number with more digits than Python converts
+                raise FileRefused(
+                    "malformed_json",
+                    f"the JSON array cannot be read at element {element}: a number is too long",
+                ) from None
             self.position = end
             return value
 
