@@ -352,13 +352,15 @@ def generate_programme(persons: int = 2000, seed: int = 7, partners: int | None 
         ]
         return r.choice(options) if options else None
 
+    failing_accounts = {
+        row.person.index
+        for batch in batches
+        for row in batch.rows
+        if row.values["payout_account"].startswith("FAIL-")
+    }
+
     def has_fail_account(person: Person) -> bool:
-        return any(
-            row.values["payout_account"].startswith("FAIL-")
-            for batch in batches
-            for row in batch.rows
-            if row.person is person
-        )
+        return person.index in failing_accounts
 
     candidates = [
         entry
@@ -452,14 +454,16 @@ def generate_programme(persons: int = 2000, seed: int = 7, partners: int | None 
     for entry in early:
         by_nationality[entry[0].nationality].append(entry)
     links = 0
+    rows_by_person: dict[int, list[Row]] = defaultdict(list)
+    for batch in batches:
+        for row in batch.rows:
+            rows_by_person[row.person.index].append(row)
     for group in by_nationality.values():
         while len(group) >= 2 and links < max(1, persons // 200):
             (a, a_batch, _), (b, b_batch, _) = group.pop(), group.pop()
             b.sex = a.sex
-            for batch in batches:
-                for row in batch.rows:
-                    if row.person is b:
-                        row.values["sex"] = a.sex
+            for row in rows_by_person[b.index]:
+                row.values["sex"] = a.sex
             target = later_batch(max(a_batch, b_batch))
             if target is None:
                 continue
@@ -504,7 +508,7 @@ def reference_reach(batches: list[Batch]) -> dict[str, Any]:
         return node
 
     keys: dict[tuple[str, ...], int] = {}
-    approvals: dict[tuple[int, str], int] = {}  # (person root, assistance) → approving row id
+    approved: dict[int, set[str]] = defaultdict(set)  # person root → assistance types approved
     rows: list[dict[str, Any]] = []
     duplicates = 0
     for batch in batches:
@@ -545,13 +549,14 @@ def reference_reach(batches: list[Batch]) -> dict[str, Any]:
                     a, b = find(keys[key]), find(item["row_id"])
                     if a != b:
                         parent[max(a, b)] = min(a, b)
+                        approved[min(a, b)] |= approved.pop(max(a, b), set())
                 else:
                     keys[key] = item["row_id"]
         for item in decided:
             v = item["values"]
             person = find(item["row_id"])
             assistance = v["assistance"]
-            already = any(find(p) == person and a == assistance for (p, a) in approvals)
+            already = assistance in approved[person]
             # A row of a person already approved for this help is a duplicate registration,
             # whatever else it fails (the other reasons are listed with it).
             failing = assistance == "cash_relief" and (item["age"] < 18 or not v["vulnerabilities"])
@@ -559,7 +564,7 @@ def reference_reach(batches: list[Batch]) -> dict[str, Any]:
             if item["decision"] == "duplicate":
                 duplicates += 1
             if item["decision"] == "eligible":
-                approvals[(person, assistance)] = item["row_id"]
+                approved[person].add(assistance)
             rows.append(item)
 
     persons: dict[int, list[dict[str, Any]]] = defaultdict(list)
