@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Table, text
+from sqlalchemy.exc import OperationalError
 
 from shared.consumer import ApplyBatch, BatchConsumer
 from shared.db import create_tables, make_engine, transaction
@@ -92,8 +93,8 @@ class ServiceRuntime:
         log.info("service_stopping")
         for task in self._background:
             task.cancel()
+        await self.relay.stop()  # a last flush while the producer is still connected
         await self.broker.stop()  # stops consuming; in-flight batches finish first (graceful_timeout)
-        await self.relay.stop()
         self.engine.dispose()
         log.info("service_stopped")
 
@@ -139,6 +140,21 @@ class ServiceRuntime:
         async def healthz() -> JSONResponse:
             report = await runtime.health()
             return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+        @app.exception_handler(OperationalError)
+        async def database_busy(_: Request, error: OperationalError) -> JSONResponse:
+            # Backpressure, not a failure: the database is busy (SQLite's single writer under
+            # several large uploads) or away; nothing was stored, and the same request may be
+            # sent again (with the same Idempotency-Key).
+            log.warning("database_busy", error=str(error.orig)[:200] if error.orig else type(error).__name__)
+            return JSONResponse(
+                {
+                    "code": "database_busy",
+                    "message": "the database is busy or unreachable; nothing was stored, retry shortly",
+                },
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
 
         app.add_route("/metrics", metrics_endpoint(self.registry), include_in_schema=False)
         for router in routers:
