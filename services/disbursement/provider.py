@@ -8,6 +8,7 @@ a hash of the body). That is what makes retrying after a lost reply safe.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import csv
 import hashlib
@@ -62,16 +63,18 @@ class PaymentProvider(Protocol):
     ) -> list[ProviderReply | TransientProviderError]: ...
 
 
-class ProviderAdapter:
+class ProviderAdapter(abc.ABC):
     """Base for real adapters: `send_many` sends concurrently, a bounded number at a time."""
 
     concurrency = 32
 
+    @abc.abstractmethod
     async def send(self, order: PaymentOrder) -> ProviderReply:
-        raise NotImplementedError
+        """Execute one payment order; the same idempotency key must never execute twice."""
 
+    @abc.abstractmethod
     async def query_status(self, idempotency_key: str) -> ProviderReply | None:
-        raise NotImplementedError
+        """The provider's record of an order, or None when it never received it."""
 
     async def send_many(self, orders: Sequence[PaymentOrder]) -> list[ProviderReply | TransientProviderError]:
         gate = asyncio.Semaphore(self.concurrency)

@@ -4,11 +4,9 @@ import shutil
 import subprocess
 import time
 
-import pytest
 
-
-@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is installed by deploy/install-system-deps.sh")
 def test_kcat_lists_the_project_topics_with_their_partition_counts(make_settings):
+    assert shutil.which("kcat"), "kcat is installed by `make install` (deploy/install-system-deps.sh)"
     settings = make_settings()
     wanted = [
         f'topic "{settings.topic("beneficiary.registered")}" with 6 partitions',
