@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from services.reporting import store
 from services.reporting.domain import STATUS_RANK
-from shared.db import create_tables, make_engine
+from shared.db import create_tables, make_engine, make_reader
 from shared.outbox import OUTBOX_TABLES
 
 COUNTRIES = ("MY", "HK", "TH", "PH", "VN", "BD", "KH", "IN", "ID", "JP", "LA", "MM", "NP", "KR", "LK")
@@ -115,7 +115,7 @@ def main() -> None:
         print(
             f"filled {arguments.rows:,} rows on {engine.dialect.name} in {time.perf_counter() - started:.1f}s"
         )
-        reader = store.make_reader(engine)
+        reader = make_reader(engine)
         timings = []
         reach = None
         for _ in range(arguments.repeat):

@@ -34,6 +34,7 @@ from relief_cli.runner import create_partner, fetch_reach, submit_batch
 from relief_cli.stack import Stack
 from shared.settings import Settings
 
+ORDER_INDEPENDENT = ("beneficiaries_reached", "people_reached", "by_assistance")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -95,6 +96,20 @@ class Sampler(threading.Thread):
             except Exception as error:  # a sample missed under load is not a failure
                 self.missed = f"{type(error).__name__}: {error}"
             self.stopping.wait(1.0)
+
+
+def take_profile(stack: Stack, after: float, seconds: int, summary: dict[str, Any]) -> None:
+    from bench.profile import record, summarise
+
+    time.sleep(after)
+    pids = {
+        f"{m.service}-{m.replica}": m.process.pid
+        for m in stack.managed
+        if m.process is not None and m.process.poll() is None
+    }
+    print(f"bench: sampling {len(pids)} services with py-spy for {seconds} s", file=sys.stderr)
+    files = record(pids, seconds, Path(".relief/bench/profiles").resolve())
+    summary["profile"] = {name: summarise(path) for name, path in sorted(files.items())}
 
 
 def latencies(settings: Settings) -> list[float]:
@@ -174,6 +189,10 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--skip-stage", action="store_true")
     parser.add_argument("--stage-count", type=int, default=20_000)
+    parser.add_argument(
+        "--profile-after", type=float, default=None, help="sample every service with py-spy, S seconds in"
+    )
+    parser.add_argument("--profile-seconds", type=int, default=20)
     args = parser.parse_args()
 
     root = Path(".relief/bench").resolve()
@@ -227,6 +246,14 @@ def main() -> None:
         started = time.monotonic()
         sampler = Sampler(stack, started)
         sampler.start()
+        profiler = None
+        if args.profile_after is not None:
+            profiler = threading.Thread(
+                target=take_profile,
+                args=(stack, args.profile_after, args.profile_seconds, summary),
+                daemon=True,
+            )
+            profiler.start()
         with ThreadPoolExecutor(args.parallel) as pool:
             results = list(
                 pool.map(
@@ -250,6 +277,8 @@ def main() -> None:
         wall = time.monotonic() - started
         sampler.stopping.set()
         sampler.join()
+        if profiler is not None:
+            profiler.join()
         reach = fetch_reach(settings)
         truth = {k: v for k, v in programme.truth.items() if k not in ("accepted", "rejected")}
         seconds = latencies(settings)
@@ -272,9 +301,12 @@ def main() -> None:
                 "beneficiaries_reached": reach["beneficiaries_reached"],
                 # Batches went in concurrently, so "the first approval wins" follows arrival order:
                 # the order-independent figures must match exactly.
-                "order_independent_figures_match": all(
-                    reach[k] == truth[k] for k in ("beneficiaries_reached", "people_reached", "by_assistance")
-                ),
+                "order_independent_figures_match": all(reach[k] == truth[k] for k in ORDER_INDEPENDENT),
+                "order_independent_mismatches": {
+                    k: {"reach": reach[k], "truth": truth[k]}
+                    for k in ORDER_INDEPENDENT
+                    if reach[k] != truth[k]
+                },
                 "figures_differing_from_sequential_truth": sorted(
                     k for k in truth if reach.get(k) != truth[k]
                 ),

@@ -68,6 +68,35 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     raise ValueError(f"RELIEF_DATABASE_URL: unsupported database URL scheme in {url.split(':', 1)[0]!r}")
 
 
+def make_reader(engine: Engine) -> Engine:
+    """An engine for reads (reports, progress, key checks): a consistent snapshot, no write lock.
+
+    `make_engine` starts every SQLite transaction with BEGIN IMMEDIATE (right for writers),
+    which would make each read queue behind, and hold up, the consumers. A reader on SQLite
+    opens a deferred transaction instead (a WAL snapshot); on PostgreSQL it reads at REPEATABLE
+    READ, so the figures in one report are from one moment.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    if engine.url.database in (None, "", ":memory:"):
+        return engine  # an in-memory database is only visible through its own engine
+    reader = create_engine(engine.url, connect_args={"check_same_thread": False, "timeout": 60})
+
+    @event.listens_for(reader, "connect")
+    def _pragmas(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    @event.listens_for(reader, "begin")
+    def _begin_deferred(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return reader
+
+
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
     """Create the service's own tables (and only those) when missing.
 

@@ -193,18 +193,15 @@ def _create_payments(
     # A person who was merged with another may already be paid under the other's id.
     held = store.live_in_family(session, [new.person_id for _, new in wanted.values()])
     rows: list[dict[str, Any]] = []
-    for reference, (decision, new) in list(wanted.items()):
+    for reference, (decision, new) in wanted.items():
+        status, reason = new.status, None
         holder = held.get((new.person_id, new.cycle))
         if holder is not None and holder != reference:
-            log.warning(
-                "payment_exists_for_merged_person",
-                payment_ref=holder,
-                event_id=decision.event_id,
-                cycle=new.cycle,
-            )
-            result.already_existing += 1
-            del wanted[reference]
-            continue
+            # The merge overtook this decision (they travel on different partitions). Had they come
+            # in order, the payment would have been made and then cancelled by the merge: record
+            # that end state at once, so the row is final everywhere and nobody is paid twice.
+            log.info("payment_exists_for_merged_person", payment_ref=holder, cycle=new.cycle)
+            status, reason = FAILED, domain.MERGED_DUPLICATE
         rows.append(
             {
                 "payment_ref": reference,
@@ -218,13 +215,13 @@ def _create_payments(
                 "currency": new.currency,
                 "payout_method": decision.payout_method,
                 "payout_account_sealed": decision.payout_account_sealed,
-                "status": new.status,
+                "status": status,
                 "sequence": 1,
-                "reason": None,
+                "reason": reason,
                 "attempts": 0,
                 "provider_ref": None,
                 "decision_event_id": decision.event_id,
-                "due_at": now if new.status == PENDING else None,
+                "due_at": now if status == PENDING else None,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -237,12 +234,15 @@ def _create_payments(
         if row["payment_ref"] not in inserted:
             continue
         record = PaymentRecord(**row)
-        entries.append(_ledger_entry(record, record.status, 1, None, now))
-        messages.append((topic, record.person_id, _status_event(record, record.status, 1, None, now)))
+        entries.append(_ledger_entry(record, record.status, 1, record.reason, now))
+        messages.append((topic, record.person_id, _status_event(record, record.status, 1, record.reason, now)))
         result.applied.append(Applied(record.status, record.currency, record.amount_minor))
+        if record.reason == domain.MERGED_DUPLICATE:
+            result.already_existing += 1  # the person's payment is the other one
+        else:
+            result.created += 1
     store.add_ledger_entries(session, entries)
     add_to_outbox(session, messages)
-    result.created += len(inserted)
 
 
 def _apply_merge(

@@ -241,7 +241,7 @@ def build_router(
     router = APIRouter(prefix="/v1", tags=["intake"])
 
     async def authenticate(authorization: str | None, role: str | None = None) -> Any:
-        return await run_in_threadpool(handlers.authenticate, ctx.engine, authorization, role=role)  # type: ignore[arg-type]
+        return await run_in_threadpool(handlers.authenticate, ctx.reader, authorization, role=role)  # type: ignore[arg-type]
 
     @router.get("/whoami", response_model=WhoAmI, responses={401: _ERRORS[401]})
     async def whoami(authorization: str | None = Header(default=None)) -> dict[str, str]:
@@ -309,7 +309,7 @@ def build_router(
     async def batch_status(batch_id: str, authorization: str | None = Header(default=None)) -> Response:
         """A batch's progress; only the partner that sent it can see it."""
         principal = await authenticate(authorization, role="partner")
-        report = await run_in_threadpool(handlers.batch_report, ctx.engine, principal, batch_id)
+        report = await run_in_threadpool(handlers.batch_report, ctx.reader, principal, batch_id)
         progress = report.progress
         return _json(
             {
@@ -333,7 +333,7 @@ def build_router(
     @router.get("/progress", response_model=ProgressOut)
     async def progress() -> dict[str, int]:
         """Aggregate counts over every batch (no personal data): has the pipeline drained?"""
-        totals = await run_in_threadpool(handlers.programme_progress, ctx.engine)
+        totals = await run_in_threadpool(ctx.progress.get)
         return {
             "accepted": totals.accepted,
             "rejected": totals.rejected,

@@ -544,6 +544,18 @@ def registration_event(
 FINAL_PAYMENT_STATUSES: Final[frozenset[str]] = frozenset({"paid", "failed", "reversed"})
 
 
+def shows_in_progress(payment_status: str, sequence: int) -> bool:
+    """Whether a payment status changes what a row's progress says.
+
+    A payment starts `pending` (sequence 1), or `pending_approval` when approvals are on; rows with
+    no payment status yet count as pending already, and `sent` is pending too. An approved payment
+    goes back to `pending` (sequence 2 or more), which leaves `pending_approval`: that one counts.
+    """
+    if payment_status == "sent":
+        return False
+    return not (payment_status == "pending" and sequence <= 1)
+
+
 def is_final(decision: str | None, assistance: str, payment_status: str | None) -> bool:
     """A row is final once ineligible or duplicate, eligible for in-kind help, or cash paid/failed/reversed."""
     if payment_status in FINAL_PAYMENT_STATUSES:

@@ -6,6 +6,8 @@ arguments; `api.py` runs these functions in worker threads, the consumers call t
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
@@ -32,7 +34,7 @@ from shared.auth import (
     secret_matches,
     split_api_key,
 )
-from shared.db import serialise_writers, transaction
+from shared.db import make_reader, serialise_writers, transaction
 from shared.events import EligibilityDecided, Event, PaymentStatusChanged, new_event_id
 from shared.identity import IdentityHasher
 from shared.logging import get_logger
@@ -90,6 +92,12 @@ class IntakeContext:
     max_rows: int
     metrics: IntakeMetrics
     chunk_rows: int = 1000
+    reader: Engine = field(init=False)  # key checks and progress read without the write lock
+    progress: RecentProgress = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = make_reader(self.engine)
+        self.progress = RecentProgress(self.reader)
 
 
 @dataclass(frozen=True)
@@ -437,6 +445,29 @@ def programme_progress(engine: Engine) -> domain.Progress:
         )
 
 
+class RecentProgress:
+    """`programme_progress` computed at most once per `max_age` seconds, however often it is asked.
+
+    The counts scan every accepted row; `relief wait`, dashboards and anyone else may poll the
+    open /v1/progress many times a second. Progress only moves towards final, so a reading up to
+    `max_age` old errs on the side of "not drained yet".
+    """
+
+    def __init__(self, engine: Engine, max_age: float = 1.0) -> None:
+        self.engine = engine
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._value: domain.Progress | None = None
+        self._taken = 0.0
+
+    def get(self) -> domain.Progress:
+        with self._lock:  # one scan at a time; callers queued behind it get its result
+            if self._value is None or time.monotonic() - self._taken >= self.max_age:
+                self._value = programme_progress(self.engine)
+                self._taken = time.monotonic()
+            return self._value
+
+
 # ---- progress read back from downstream topics ----------------------------------------------
 
 
@@ -460,7 +491,18 @@ def apply_decisions(engine: Engine, events: Sequence[Event]) -> None:
 
 
 def apply_payments(engine: Engine, events: Sequence[Event]) -> None:
-    """disbursement.payments: keep each row's newest payment status (OverpaymentDetected is not a row's)."""
+    """disbursement.payments: keep each row's newest payment status (OverpaymentDetected is not a row's).
+
+    Only statuses that change a row's progress are kept (`domain.shows_in_progress`): a payment
+    that is merely being sent says nothing new, and skipping it halves this consumer's writes.
+    """
+    events = [
+        event
+        for event in events
+        if isinstance(event, PaymentStatusChanged) and domain.shows_in_progress(event.status, event.sequence)
+    ]
+    if not events:
+        return
     with transaction(engine) as session:
         new = claim_new_events(session, CONSUMER, [event.event_id for event in events])
         latest: dict[str, dict[str, Any]] = {}

@@ -23,6 +23,7 @@ from services.reporting.health import (
     measure_consumer_lag,
     measure_dead_letters,
 )
+from shared.db import make_reader
 from shared.events import utc_now
 from shared.logging import get_logger
 from shared.outbox import outbox_backlog
@@ -41,7 +42,7 @@ class ReachSnapshot:
 class ReportingState:
     def __init__(self, settings: Settings, engine: Engine, clock: Callable[[], datetime] = utc_now) -> None:
         self.settings = settings
-        self.reader = store.make_reader(engine)
+        self.reader = make_reader(engine)
         self.clock = clock
         self.snapshot: ReachSnapshot | None = None
         self.health = PipelineHealth()

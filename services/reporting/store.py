@@ -20,9 +20,7 @@ from sqlalchemy import (
     Column,
     Date,
     Index,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -411,34 +409,6 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
 
 
 # ---- reads ------------------------------------------------------------------------------------
-
-
-def make_reader(engine: Engine) -> Engine:
-    """An engine for the reach query that reads a consistent snapshot without taking a lock.
-
-    The shared engine starts every SQLite transaction with BEGIN IMMEDIATE (right for writers),
-    which would make each report queue behind, and hold up, the consumers. A reader on SQLite
-    opens a deferred transaction instead (a WAL snapshot); on PostgreSQL it reads at REPEATABLE
-    READ, so the figures in one report are from one moment. The database must be a file (or a
-    server), not SQLite's in-memory database, which a second engine could not see.
-    """
-    if engine.dialect.name != "sqlite":
-        return engine.execution_options(isolation_level="REPEATABLE READ")
-    reader = create_engine(engine.url, connect_args={"check_same_thread": False, "timeout": 60})
-
-    @event.listens_for(reader, "connect")
-    def _pragmas(dbapi_connection: Any, _: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA query_only=ON")
-        cursor.close()
-
-    @event.listens_for(reader, "begin")
-    def _begin_deferred(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
-
-    return reader
 
 
 @contextmanager

@@ -313,10 +313,21 @@ async def test_a_merge_cancels_the_unsent_duplicate_and_blocks_a_later_second_pa
     by_person = {p.person_id: p for p in payments(engine)}
     assert (by_person["merged"].status, by_person["merged"].reason) == ("failed", "merged_duplicate")
     assert count(engine, store.OVERPAYMENT) == 0
-    # A decision arriving after the merge, under the merged id or a third id merged later, pays nobody twice.
+    # A decision overtaken by the merge (another partition), under a third id merged already, pays
+    # nobody twice, and its row still ends final: failed as a merged duplicate, never sent.
     apply(engine, [PersonsMerged(survivor_person_id="survivor", merged_person_id="third", cause="review")])
     result = apply(engine, [decided("third", row_id="row-late")])
-    assert result.created == 0 and len(payments(engine)) == 2
+    assert (result.created, result.already_existing) == (0, 1)
+    late = {p.row_id: p for p in payments(engine)}["row-late"]
+    assert (late.status, late.reason, late.attempts) == ("failed", "merged_duplicate", 0)
+    assert ("row-late", "failed") in [(e["row_id"], e["status"]) for e in outbox_events(engine)]
+    sender, _, _ = make_sender(engine)
+    await drain(sender, engine)
+    assert sorted(p.status for p in payments(engine)) == ["failed", "failed", "paid"]
+    assert len(provider_transfers(engine)) == 1
+    # The same decision replayed changes nothing.
+    assert apply(engine, [decided("third", row_id="row-late")]).created == 0
+    assert len(payments(engine)) == 3
 
 
 # ---- reconciliation -----------------------------------------------------------------------

@@ -487,3 +487,21 @@ def test_progress_counts_add_up():
         final=7,
         pending=1,
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "sequence", "shown"),
+    [
+        ("pending", 1, False),  # a new payment: the row counted as pending already
+        ("sent", 2, False),
+        ("sent", 3, False),
+        ("pending", 2, True),  # approved: leaves pending_approval
+        ("pending_approval", 1, True),
+        ("paid", 3, True),
+        ("failed", 1, True),  # a merged duplicate is failed from the start
+        ("failed", 2, True),
+        ("reversed", 4, True),
+    ],
+)
+def test_only_payment_statuses_that_change_progress_are_kept(status, sequence, shown):
+    assert domain.shows_in_progress(status, sequence) is shown

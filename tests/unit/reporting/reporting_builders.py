@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from services.reporting import handlers, store
 from services.reporting.domain import Reach, compute_reach, latest_decisions, latest_payments
 from services.reporting.handlers import payment_state, row_decision
-from shared.db import create_tables, make_engine, transaction
+from shared.db import create_tables, make_engine, make_reader, transaction
 from shared.events import EligibilityDecided, Event, OverpaymentDetected, PaymentStatusChanged, PersonsMerged
 from shared.outbox import OUTBOX_TABLES
 
@@ -107,7 +107,7 @@ def apply_one_by_one(engine: Engine, events: Sequence[Event]) -> None:
 
 
 def query(engine: Engine) -> Reach:
-    reader = store.make_reader(engine)
+    reader = make_reader(engine)
     try:
         with store.read_session(reader) as session:
             return store.query_reach(session)
