@@ -23,6 +23,16 @@ def _redact_personal_fields(
     return event_dict
 
 
+class _StandardError:
+    """Writes each rendered line to whatever `sys.stderr` is at that moment (not the stream that was
+    there when logging was configured, which a test runner may have closed since)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s", force=True)
     for noisy in ("aiokafka", "kafka", "uvicorn.access", "faststream.access"):
@@ -38,7 +48,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: _StandardError(),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

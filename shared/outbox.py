@@ -12,10 +12,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, LargeBinary, func, insert, select, update
+from sqlalchemy import Column, Index, LargeBinary, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
 
+from shared.db import WITHOUT_ROWID
 from shared.events import Event, utc_now
 from shared.logging import get_logger
 
@@ -24,7 +25,15 @@ log = get_logger(__name__)
 
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox_message"
-    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
+    # Only unsent rows are indexed: marking a row sent drops it from the index, adds nothing.
+    __table_args__ = (
+        Index(
+            "ix_outbox_unsent_id",
+            "id",
+            sqlite_where=text("sent_at IS NULL"),
+            postgresql_where=text("sent_at IS NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     topic: str = Field(max_length=200)
@@ -39,6 +48,7 @@ class ProcessedEvent(SQLModel, table=True):
     """Event ids a consumer has applied; the primary key makes a redelivery a no-op."""
 
     __tablename__ = "processed_event"
+    __table_args__ = (WITHOUT_ROWID,)
 
     consumer: str = Field(primary_key=True, max_length=100)
     event_id: str = Field(primary_key=True, max_length=64)

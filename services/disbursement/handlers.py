@@ -235,7 +235,9 @@ def _create_payments(
             continue
         record = PaymentRecord(**row)
         entries.append(_ledger_entry(record, record.status, 1, record.reason, now))
-        messages.append((topic, record.person_id, _status_event(record, record.status, 1, record.reason, now)))
+        messages.append(
+            (topic, record.person_id, _status_event(record, record.status, 1, record.reason, now))
+        )
         result.applied.append(Applied(record.status, record.currency, record.amount_minor))
         if record.reason == domain.MERGED_DUPLICATE:
             result.already_existing += 1  # the person's payment is the other one

@@ -33,6 +33,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel
 
 from services.disbursement.domain import LIVE, PAID, PENDING_APPROVAL, REVERSED, LedgerPosition
+from shared.db import WITHOUT_ROWID
 
 CHUNK = 500
 
@@ -149,6 +150,7 @@ class PersonMerge(SQLModel, table=True):
     """Persons known to be one: each points at the root of its family (flattened union-find)."""
 
     __tablename__ = "disbursement_person_merge"
+    __table_args__ = (WITHOUT_ROWID,)
 
     person_id: str = Field(primary_key=True, max_length=64)
     root_person_id: str = Field(max_length=64, index=True)

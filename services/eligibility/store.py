@@ -32,6 +32,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Field, Session, SQLModel, col
 
 from services.eligibility.domain import PersonStanding
+from shared.db import WITHOUT_ROWID
 
 # ---- tables ----------------------------------------------------------------------------------
 
@@ -52,6 +53,7 @@ class IdentityKey(SQLModel, table=True):
     """Rule 1 and rule 2 keys (keyed hashes) → the person that first carried them."""
 
     __tablename__ = "eligibility_identity_key"
+    __table_args__ = (WITHOUT_ROWID,)
 
     key: str = Field(primary_key=True, max_length=64)
     kind: str = Field(max_length=16)  # document | name
@@ -63,6 +65,7 @@ class NearKey(SQLModel, table=True):
     """Near-miss keys (deletion neighbourhood hashes) → persons and the row that carried them first."""
 
     __tablename__ = "eligibility_near_key"
+    __table_args__ = (WITHOUT_ROWID,)
 
     near_key: str = Field(primary_key=True, max_length=64)
     person_id: str = Field(primary_key=True, max_length=40)

@@ -38,7 +38,7 @@ from services.reporting.domain import (
     person_roots,
     summarise_person,
 )
-from shared.db import serialise_writers
+from shared.db import WITHOUT_ROWID, serialise_writers
 
 CHUNK = 500  # ids per IN (...) list
 
@@ -95,6 +95,7 @@ class PersonMerge(SQLModel, table=True):
     """A merge as received: `merged_person_id` is the same person as `survivor_person_id`."""
 
     __tablename__ = "reach_person_merge"
+    __table_args__ = (WITHOUT_ROWID,)
 
     survivor_person_id: str = Field(primary_key=True, max_length=64)
     merged_person_id: str = Field(primary_key=True, max_length=64)
@@ -104,7 +105,7 @@ class PersonRoot(SQLModel, table=True):
     """Derived from every merge so far: the id standing for a merged person's whole group."""
 
     __tablename__ = "reach_person_root"
-    __table_args__ = (Index("ix_reach_person_root_root", "root_id"),)
+    __table_args__ = (Index("ix_reach_person_root_root", "root_id"), WITHOUT_ROWID)
 
     person_id: str = Field(primary_key=True, max_length=64)
     root_id: str = Field(max_length=64)
@@ -129,7 +130,7 @@ class ReachedPersonGroup(SQLModel, table=True):
     """A reached person's membership of one breakdown group (a country, a partner, a kind of help)."""
 
     __tablename__ = "reach_person_group"
-    __table_args__ = (Index("ix_reach_person_group_person", "person_id"),)
+    __table_args__ = (Index("ix_reach_person_group_person", "person_id"), WITHOUT_ROWID)
 
     breakdown: str = Field(primary_key=True, max_length=16)
     grp: str = Field(primary_key=True, max_length=200)
@@ -235,7 +236,9 @@ def save_decisions(
 def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str]:
     """Keep, per payment, the state with the highest sequence, whichever arrives first.
 
-    Returns the person ids of the rows these payments pay (when those rows are known yet).
+    Returns the person ids of the rows these payments pay (when those rows are known yet) whose
+    delivery may have changed: only `paid` counts as delivered, so a payment becoming pending,
+    sent or failed (never after paid) changes no person's summary.
     """
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
@@ -267,7 +270,7 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
     )
     session.execute(statement, rows)
     touched: set[str] = set()
-    for chunk in _chunks({row["row_id"] for row in rows}):
+    for chunk in _chunks({row["row_id"] for row in rows if row["status"] in ("paid", "reversed")}):
         touched.update(session.execute(select(ROWS.c.person_id).where(ROWS.c.row_id.in_(chunk))).scalars())
     return touched
 
