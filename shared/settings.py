@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     reporting_url: str | None = None
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_rows: int = Field(50_000, ge=1)
-    consumer_batch_size: int = Field(500, ge=1, le=10_000)
+    consumer_batch_size: int = Field(1000, ge=1, le=10_000)
     log_level: str = "INFO"
     log_format: str = "json"
 

@@ -333,7 +333,7 @@ def build_router(
     @router.get("/progress", response_model=ProgressOut)
     async def progress() -> dict[str, int]:
         """Aggregate counts over every batch (no personal data): has the pipeline drained?"""
-        totals = await run_in_threadpool(ctx.progress.get)
+        totals = await run_in_threadpool(handlers.programme_progress, ctx.reader)
         return {
             "accepted": totals.accepted,
             "rejected": totals.rejected,

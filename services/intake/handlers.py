@@ -6,8 +6,6 @@ arguments; `api.py` runs these functions in worker threads, the consumers call t
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
@@ -93,11 +91,9 @@ class IntakeContext:
     metrics: IntakeMetrics
     chunk_rows: int = 1000
     reader: Engine = field(init=False)  # key checks and progress read without the write lock
-    progress: RecentProgress = field(init=False)
 
     def __post_init__(self) -> None:
         self.reader = make_reader(self.engine)
-        self.progress = RecentProgress(self.reader)
 
 
 @dataclass(frozen=True)
@@ -443,29 +439,6 @@ def programme_progress(engine: Engine) -> domain.Progress:
         return domain.summarise_progress(
             accepted=accepted, rejected=rejected, groups=store.progress_groups(session)
         )
-
-
-class RecentProgress:
-    """`programme_progress` computed at most once per `max_age` seconds, however often it is asked.
-
-    The counts scan every accepted row; `relief wait`, dashboards and anyone else may poll the
-    open /v1/progress many times a second. Progress only moves towards final, so a reading up to
-    `max_age` old errs on the side of "not drained yet".
-    """
-
-    def __init__(self, engine: Engine, max_age: float = 1.0) -> None:
-        self.engine = engine
-        self.max_age = max_age
-        self._lock = threading.Lock()
-        self._value: domain.Progress | None = None
-        self._taken = 0.0
-
-    def get(self) -> domain.Progress:
-        with self._lock:  # one scan at a time; callers queued behind it get its result
-            if self._value is None or time.monotonic() - self._taken >= self.max_age:
-                self._value = programme_progress(self.engine)
-                self._taken = time.monotonic()
-            return self._value
 
 
 # ---- progress read back from downstream topics ----------------------------------------------

@@ -6,6 +6,7 @@ sealed); rejected rows keep only their row number, column and message. Timestamp
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -23,10 +24,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.intake.domain import RowError
+from shared.db import WITHOUT_ROWID
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -124,14 +126,35 @@ class Beneficiary(SQLModel, table=True):
     payment_sequence: int | None = None
 
 
+class ProgressCount(SQLModel, table=True):
+    """How many accepted rows of a batch are in each (decision, assistance, payment status) state.
+
+    Kept in the transactions that change a row's state, so progress is read from a few rows
+    per batch instead of a scan of every accepted row. "" stands for "none yet".
+    """
+
+    __tablename__ = "intake_progress_count"
+    __table_args__ = (WITHOUT_ROWID,)
+
+    batch_id: str = Field(primary_key=True, max_length=40)
+    decision: str = Field(primary_key=True, max_length=16)
+    assistance: str = Field(primary_key=True, max_length=32)
+    payment_status: str = Field(primary_key=True, max_length=20)
+    rows: int
+
+
 TABLES = [
     Partner.__table__,  # type: ignore[attr-defined]
     Batch.__table__,  # type: ignore[attr-defined]
     IdempotencyRecord.__table__,  # type: ignore[attr-defined]
     RowRejection.__table__,  # type: ignore[attr-defined]
     Beneficiary.__table__,  # type: ignore[attr-defined]
+    ProgressCount.__table__,  # type: ignore[attr-defined]
 ]
 _beneficiaries = Beneficiary.__table__  # type: ignore[attr-defined]
+_progress = ProgressCount.__table__  # type: ignore[attr-defined]
+# (batch_id, decision, assistance, payment_status) → change in rows; None for "none yet"
+StateKey = tuple[str, str | None, str, str | None]
 _rejections = RowRejection.__table__  # type: ignore[attr-defined]
 
 
@@ -198,6 +221,7 @@ def partner_refs_taken(session: Session, partner_id: str, refs: Sequence[str]) -
 def insert_beneficiaries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         session.execute(insert(_beneficiaries), list(rows))
+        _count(session, Counter((row["batch_id"], None, row["assistance"], None) for row in rows))
 
 
 def insert_rejections(session: Session, batch_id: str, errors: Iterable[RowError]) -> None:
@@ -228,6 +252,21 @@ def progress_groups(
     session: Session, batch_id: str | None = None
 ) -> list[tuple[str | None, str, str | None, int]]:
     """Accepted rows counted by (decision, assistance, payment_status), for one batch or all."""
+    columns = (_progress.c.decision, _progress.c.assistance, _progress.c.payment_status)
+    query = select(*columns, func.sum(_progress.c.rows)).group_by(*columns)
+    if batch_id is not None:
+        query = query.where(_progress.c.batch_id == batch_id)
+    return [
+        (decision or None, assistance, status or None, int(rows))
+        for decision, assistance, status, rows in session.execute(query)
+        if rows
+    ]
+
+
+def counted_progress_groups(
+    session: Session, batch_id: str | None = None
+) -> list[tuple[str | None, str, str | None, int]]:
+    """The same groups counted from the rows themselves (a scan): what the kept counts must equal."""
     columns = (_beneficiaries.c.decision, _beneficiaries.c.assistance, _beneficiaries.c.payment_status)
     query = select(*columns, func.count()).group_by(*columns)
     if batch_id is not None:
@@ -236,6 +275,76 @@ def progress_groups(
         (decision, assistance, status, int(rows))
         for decision, assistance, status, rows in session.execute(query)
     ]
+
+
+def count_progress_if_missing(session: Session) -> bool:
+    """Fill the kept counts from the rows when there are rows but no counts (a database from before
+    the counts were kept). Returns whether it did."""
+    if session.execute(select(_progress.c.batch_id).limit(1)).first() is not None:
+        return False
+    if session.execute(select(_beneficiaries.c.row_id).limit(1)).first() is None:
+        return False
+    columns = (
+        _beneficiaries.c.batch_id,
+        _beneficiaries.c.decision,
+        _beneficiaries.c.assistance,
+        _beneficiaries.c.payment_status,
+    )
+    counts = Counter[StateKey]()
+    for batch_id, decision, assistance, status, rows in session.execute(
+        select(*columns, func.count()).group_by(*columns)
+    ):
+        counts[(batch_id, decision, assistance, status)] += int(rows)
+    _count(session, counts)
+    return True
+
+
+def _count(session: Session, deltas: Counter[StateKey]) -> None:
+    """Add row-count changes to the kept counts (insert a group the first time it is seen)."""
+    rows = [
+        {
+            "batch_id": batch_id,
+            "decision": decision or "",
+            "assistance": assistance,
+            "payment_status": status or "",
+            "rows": change,
+        }
+        for (batch_id, decision, assistance, status), change in sorted(
+            deltas.items(), key=lambda item: tuple(part or "" for part in item[0])
+        )
+        if change
+    ]
+    if not rows:
+        return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(_progress)
+    statement = statement.on_conflict_do_update(
+        index_elements=["batch_id", "decision", "assistance", "payment_status"],
+        set_={"rows": _progress.c.rows + statement.excluded.rows},
+    )
+    session.execute(statement, rows)
+
+
+def _current_states(session: Session, row_ids: Sequence[str], *, version: Any) -> dict[str, tuple[Any, ...]]:
+    """Each row's (batch_id, decision, assistance, payment_status, version column), locked on
+    PostgreSQL so the state changes computed from it are the ones the update makes."""
+    found: dict[str, tuple[Any, ...]] = {}
+    columns = (
+        _beneficiaries.c.row_id,
+        _beneficiaries.c.batch_id,
+        _beneficiaries.c.decision,
+        _beneficiaries.c.assistance,
+        _beneficiaries.c.payment_status,
+        version,
+    )
+    ids = sorted(set(row_ids))
+    for start in range(0, len(ids), 500):
+        query = select(*columns).where(_beneficiaries.c.row_id.in_(ids[start : start + 500]))
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        for row_id, *state in session.execute(query):
+            found[row_id] = tuple(state)
+    return found
 
 
 def batch_totals(session: Session) -> tuple[int, int]:
@@ -256,6 +365,20 @@ def record_decisions(session: Session, decisions: Sequence[dict[str, Any]]) -> N
     """
     if not decisions:
         return
+    current = _current_states(
+        session, [item["row_id"] for item in decisions], version=_beneficiaries.c.decided_at
+    )
+    deltas = Counter[StateKey]()
+    for item in decisions:
+        if item["row_id"] not in current:
+            continue
+        batch_id, decision, assistance, status, decided_at = current[item["row_id"]]
+        if decided_at is not None and as_utc(decided_at) > item["decided_at"]:
+            continue  # the update below leaves this row alone too
+        deltas[(batch_id, decision, assistance, status)] -= 1
+        deltas[(batch_id, item["decision"], assistance, status)] += 1
+        current[item["row_id"]] = (batch_id, item["decision"], assistance, status, item["decided_at"])
+    _count(session, deltas)
     statement = (
         update(_beneficiaries)
         .where(
@@ -281,6 +404,20 @@ def record_payment_statuses(session: Session, statuses: Sequence[dict[str, Any]]
     """
     if not statuses:
         return
+    current = _current_states(
+        session, [item["row_id"] for item in statuses], version=_beneficiaries.c.payment_sequence
+    )
+    deltas = Counter[StateKey]()
+    for item in statuses:
+        if item["row_id"] not in current:
+            continue
+        batch_id, decision, assistance, status, sequence = current[item["row_id"]]
+        if sequence is not None and sequence >= item["sequence"]:
+            continue  # the update below leaves this row alone too
+        deltas[(batch_id, decision, assistance, status)] -= 1
+        deltas[(batch_id, decision, assistance, item["status"])] += 1
+        current[item["row_id"]] = (batch_id, decision, assistance, item["status"], item["sequence"])
+    _count(session, deltas)
     statement = (
         update(_beneficiaries)
         .where(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlmodel import Session, select
+from sqlmodel import Session, delete, select
 
 from services.intake import handlers, store
 from services.intake.domain import TEMPLATE_COLUMNS, FileRefused
@@ -289,6 +290,55 @@ def test_downstream_decisions_and_payments_become_batch_progress(context):
     assert [(e.row, e.column) for e in report.errors] == [(6, "sex")]
     overall = handlers.programme_progress(context.engine)
     assert (overall.accepted, overall.final, overall.pending, overall.pending_approval) == (5, 2, 2, 1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kept_progress_counts_equal_a_count_of_the_rows_whatever_the_order_of_events(context, seed):
+    rng = random.Random(seed)
+    principal, _ = add_partner(context)
+    batches = [
+        submit(context, principal, csv_upload(*(line(f"B{b}R{i}") for i in range(1, 9)))).batch_id
+        for b in range(2)
+    ]
+    rows = [f"{batch}-{i}" for batch in batches for i in range(1, 9)]
+    events: list = []
+    for row in rows:
+        minutes = rng.randrange(3)
+        events += [
+            decided(row, rng.choice(["eligible", "ineligible", "duplicate"]), minutes=m)
+            for m in range(minutes + 1)
+        ]
+        statuses = rng.choice(
+            [["pending", "sent", "paid"], ["pending_approval", "pending", "sent", "failed"], ["pending"]]
+        )
+        events += [paid(row, status, sequence) for sequence, status in enumerate(statuses, 1)]
+    events += rng.sample(events, 6)  # redeliveries
+    rng.shuffle(events)
+    while events:
+        size = rng.randint(1, 7)
+        take, events = events[:size], events[size:]
+        handlers.apply_decisions(context.engine, [e for e in take if isinstance(e, EligibilityDecided)])
+        handlers.apply_payments(context.engine, [e for e in take if isinstance(e, PaymentStatusChanged)])
+    with Session(context.engine) as session:
+        for batch in [None, *batches]:
+            assert sorted(store.progress_groups(session, batch), key=str) == sorted(
+                store.counted_progress_groups(session, batch), key=str
+            )
+        assert sum(rows for *_, rows in store.progress_groups(session)) == 16
+
+
+def test_counts_are_filled_from_the_rows_for_a_database_that_had_none(context):
+    principal, _ = add_partner(context)
+    batch = submit(context, principal, csv_upload(line("R1"), line("R2"))).batch_id
+    handlers.apply_decisions(context.engine, [decided(f"{batch}-1", "ineligible")])
+    with transaction(context.engine) as session:
+        session.execute(delete(store.ProgressCount))
+        assert store.progress_groups(session) == []
+        assert store.count_progress_if_missing(session) is True
+        assert store.count_progress_if_missing(session) is False
+        assert sorted(store.progress_groups(session), key=str) == sorted(
+            store.counted_progress_groups(session), key=str
+        )
 
 
 def test_another_partners_batch_is_not_found(context):
