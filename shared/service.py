@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,7 +39,13 @@ class ServiceRuntime:
         self.relay = OutboxRelay(self.engine, self.publisher)
         self.consumers: list[BatchConsumer] = []
         self._background: list[asyncio.Task[None]] = []
+        self._prepare: list[Callable[[], Any]] = []
         self.started = False
+
+    def prepare(self, job: Callable[[], Any]) -> None:
+        """Run `job` (blocking, in a worker thread) at start-up, once the tables exist and before
+        anything is consumed or published."""
+        self._prepare.append(job)
 
     def consume(self, topic: Topic, apply: ApplyBatch) -> BatchConsumer:
         consumer = BatchConsumer(
@@ -82,6 +88,8 @@ class ServiceRuntime:
 
     async def startup(self) -> None:
         create_tables(self.engine, self.tables)
+        for job in self._prepare:
+            await asyncio.to_thread(job)
         await asyncio.to_thread(ensure_topics, self.settings)
         await self.broker.start()
         self.relay.start()

@@ -7,7 +7,6 @@ from functools import partial
 from fastapi import FastAPI
 
 from services.intake import api, handlers, store
-from shared.db import transaction
 from shared.identity import IdentityHasher
 from shared.sealing import Sealer
 from shared.service import ServiceRuntime, serve
@@ -26,8 +25,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_rows=settings.max_rows,
         metrics=handlers.intake_metrics(runtime.registry),
     )
-    with transaction(runtime.engine) as session:
-        store.count_progress_if_missing(session)
+    runtime.prepare(partial(store.count_progress_if_missing, runtime.engine))
     runtime.consume(ELIGIBILITY_DECIDED, partial(handlers.apply_decisions, runtime.engine))
     runtime.consume(DISBURSEMENT_PAYMENTS, partial(handlers.apply_payments, runtime.engine))
     router = api.build_router(

@@ -25,10 +25,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.intake.domain import RowError
-from shared.db import WITHOUT_ROWID
+from shared.db import WITHOUT_ROWID, transaction
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -277,9 +278,14 @@ def counted_progress_groups(
     ]
 
 
-def count_progress_if_missing(session: Session) -> bool:
+def count_progress_if_missing(engine: Engine) -> bool:
     """Fill the kept counts from the rows when there are rows but no counts (a database from before
     the counts were kept). Returns whether it did."""
+    with transaction(engine) as session:
+        return _count_progress_if_missing(session)
+
+
+def _count_progress_if_missing(session: Session) -> bool:
     if session.execute(select(_progress.c.batch_id).limit(1)).first() is not None:
         return False
     if session.execute(select(_beneficiaries.c.row_id).limit(1)).first() is None:
