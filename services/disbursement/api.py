@@ -97,7 +97,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error.code, error.message)
 
 
-router = APIRouter(prefix="/v1", tags=["finance"])
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+# Every route needs a finance key; these answers are part of each route's contract.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing, unknown or revoked API key"},
+    403: {"model": ErrorBody, "description": "the key is not a finance key"},
+    503: {"model": ErrorBody, "description": "the key cannot be checked: intake is unreachable"},
+}
+
+router = APIRouter(prefix="/v1", tags=["finance"], responses=AUTH_RESPONSES)
 
 
 @router.get("/payments")

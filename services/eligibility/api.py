@@ -22,6 +22,19 @@ class Authenticator(Protocol):
     async def authenticate(self, authorization: str | None, *, role: Role | None = None) -> Principal: ...
 
 
+class Problem(BaseModel):
+    code: str
+    message: str
+
+
+# Every route checks a finance key; these answers are part of each route's contract.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing, unknown or revoked API key"},
+    403: {"model": Problem, "description": "the key is not a finance key"},
+    503: {"model": Problem, "description": "the key cannot be checked: intake is unreachable"},
+}
+
+
 class ReviewDecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,7 +62,7 @@ def _status_for(error: ReviewError) -> int:
 def build_router(
     eligibility: Eligibility, authenticator: Authenticator, after_commit: Callable[[], None] = lambda: None
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["reviews"])
+    router = APIRouter(prefix="/v1", tags=["reviews"], responses=AUTH_RESPONSES)
 
     @router.get("/reviews")
     async def list_reviews(

@@ -36,7 +36,13 @@ def make_router(state: ReportingState) -> APIRouter:
         body = orjson.dumps(reach_document(snapshot.reach, snapshot.as_of), option=orjson.OPT_SORT_KEYS)
         return Response(body, media_type="application/json")
 
-    @router.get("/v1/reach.csv", tags=["reach"], summary="The reach report as a flat CSV")
+    @router.get(
+        "/v1/reach.csv",
+        tags=["reach"],
+        summary="The reach report as a flat CSV",
+        response_class=Response,
+        responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV"}},
+    )
     def reach_as_csv(
         min_cell: int | None = Query(
             None, ge=1, le=1_000_000, description="replace every count from 1 to min_cell−1 with `<min_cell`"

@@ -5,6 +5,7 @@ A seed fixes the whole plan, so a failing run is replayed exactly with the same 
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -14,6 +15,13 @@ from dataclasses import dataclass, field
 from relief_cli.stack import Stack
 from shared.kafka_local import LocalKafka
 from shared.pg_local import LocalPostgres
+
+
+def fault_seeds(default: range) -> list[int]:
+    """The seeds to run: `RELIEF_FAULT_SEEDS=3,7` replays those, otherwise `default`."""
+    chosen = os.environ.get("RELIEF_FAULT_SEEDS")
+    return [int(s) for s in chosen.split(",")] if chosen else list(default)
+
 
 SERVICE_FAULTS = ("kill_intake", "kill_eligibility", "kill_disbursement", "kill_reporting")
 INFRA_FAULTS = ("restart_kafka", "restart_postgres")
