@@ -7,7 +7,7 @@ sealed); rejected rows keep only their row number, column and message. Timestamp
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -20,7 +20,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -369,38 +368,14 @@ def record_decisions(session: Session, decisions: Sequence[dict[str, Any]]) -> N
 
     Each item: row_id, decision, person_id, decided_at (aware UTC).
     """
-    if not decisions:
-        return
-    current = _current_states(
-        session, [item["row_id"] for item in decisions], version=_beneficiaries.c.decided_at
+    _advance_rows(
+        session,
+        decisions,
+        columns={"decision": "decision", "person_id": "person_id", "decided_at": "decided_at"},
+        version="decided_at",
+        newer=lambda stored, item: stored is None or as_utc(stored) <= item["decided_at"],
+        state=lambda decision, status, item: (item["decision"], status),
     )
-    deltas = Counter[StateKey]()
-    for item in decisions:
-        if item["row_id"] not in current:
-            continue
-        batch_id, decision, assistance, status, decided_at = current[item["row_id"]]
-        if decided_at is not None and as_utc(decided_at) > item["decided_at"]:
-            continue  # the update below leaves this row alone too
-        deltas[(batch_id, decision, assistance, status)] -= 1
-        deltas[(batch_id, item["decision"], assistance, status)] += 1
-        current[item["row_id"]] = (batch_id, item["decision"], assistance, status, item["decided_at"])
-    _count(session, deltas)
-    statement = (
-        update(_beneficiaries)
-        .where(
-            _beneficiaries.c.row_id == bindparam("b_row_id"),
-            or_(
-                _beneficiaries.c.decided_at.is_(None),
-                _beneficiaries.c.decided_at <= bindparam("b_decided_at"),
-            ),
-        )
-        .values(
-            decision=bindparam("b_decision"),
-            person_id=bindparam("b_person_id"),
-            decided_at=bindparam("b_decided_at"),
-        )
-    )
-    session.execute(statement, [{f"b_{key}": value for key, value in item.items()} for item in decisions])
 
 
 def record_payment_statuses(session: Session, statuses: Sequence[dict[str, Any]]) -> None:
@@ -408,35 +383,52 @@ def record_payment_statuses(session: Session, statuses: Sequence[dict[str, Any]]
 
     Each item: row_id, payment_ref, status, sequence.
     """
-    if not statuses:
+    _advance_rows(
+        session,
+        statuses,
+        columns={"payment_ref": "payment_ref", "payment_status": "status", "payment_sequence": "sequence"},
+        version="payment_sequence",
+        newer=lambda stored, item: stored is None or stored < item["sequence"],
+        state=lambda decision, status, item: (decision, item["status"]),
+    )
+
+
+def _advance_rows(
+    session: Session,
+    items: Sequence[dict[str, Any]],
+    *,
+    columns: dict[str, str],
+    version: str,
+    newer: Callable[[Any, dict[str, Any]], bool],
+    state: Callable[[str | None, str | None, dict[str, Any]], tuple[str | None, str | None]],
+) -> None:
+    """Apply the items that are newer than what each row holds (by its `version` column), and move
+    those rows between progress counts, in the caller's transaction.
+
+    `columns` maps each row column set to the item's key; `state(decision, payment_status, item)`
+    is the row's (decision, payment_status) once the item is applied. The rows are read first
+    (locked on PostgreSQL; SQLite has one writer), so the counts move exactly as the rows do.
+    """
+    if not items:
         return
-    current = _current_states(
-        session, [item["row_id"] for item in statuses], version=_beneficiaries.c.payment_sequence
-    )
+    current = _current_states(session, [item["row_id"] for item in items], version=_beneficiaries.c[version])
     deltas = Counter[StateKey]()
-    for item in statuses:
-        if item["row_id"] not in current:
+    changed: list[dict[str, Any]] = []
+    for item in items:
+        found = current.get(item["row_id"])
+        if found is None or not newer(found[4], item):
             continue
-        batch_id, decision, assistance, status, sequence = current[item["row_id"]]
-        if sequence is not None and sequence >= item["sequence"]:
-            continue  # the update below leaves this row alone too
+        batch_id, decision, assistance, status, _ = found
+        new_decision, new_status = state(decision, status, item)
         deltas[(batch_id, decision, assistance, status)] -= 1
-        deltas[(batch_id, decision, assistance, item["status"])] += 1
-        current[item["row_id"]] = (batch_id, decision, assistance, item["status"], item["sequence"])
+        deltas[(batch_id, new_decision, assistance, new_status)] += 1
+        current[item["row_id"]] = (batch_id, new_decision, assistance, new_status, item[columns[version]])
+        changed.append(item)
     _count(session, deltas)
-    statement = (
-        update(_beneficiaries)
-        .where(
-            _beneficiaries.c.row_id == bindparam("b_row_id"),
-            or_(
-                _beneficiaries.c.payment_sequence.is_(None),
-                _beneficiaries.c.payment_sequence < bindparam("b_sequence"),
-            ),
+    if changed:
+        statement = (
+            update(_beneficiaries)
+            .where(_beneficiaries.c.row_id == bindparam("b_row_id"))
+            .values({column: bindparam(f"b_{key}") for column, key in columns.items()})
         )
-        .values(
-            payment_ref=bindparam("b_payment_ref"),
-            payment_status=bindparam("b_status"),
-            payment_sequence=bindparam("b_sequence"),
-        )
-    )
-    session.execute(statement, [{f"b_{key}": value for key, value in item.items()} for item in statuses])
+        session.execute(statement, [{f"b_{key}": value for key, value in item.items()} for item in changed])
