@@ -101,10 +101,13 @@ def claim_new_events(session: Session, consumer: str, event_ids: Sequence[str]) 
 
 
 def outbox_backlog(session: Session) -> tuple[int, float]:
-    """Unsent messages and the age in seconds of the oldest one."""
-    count, oldest = session.execute(
-        select(func.count(), func.min(OutboxMessage.created_at)).where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
-    ).one()
+    """Unsent messages and the age in seconds of the oldest one (both from the unsent-rows index:
+    ids grow with time, so the oldest is the lowest id)."""
+    unsent = OutboxMessage.sent_at.is_(None)  # type: ignore[union-attr]
+    count = session.execute(select(func.count()).select_from(OutboxMessage).where(unsent)).scalar_one()
+    oldest = session.execute(
+        select(OutboxMessage.created_at).where(unsent).order_by(OutboxMessage.id).limit(1)  # type: ignore[call-overload]
+    ).scalar()
     age = 0.0
     if oldest is not None:
         if oldest.tzinfo is None:

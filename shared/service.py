@@ -11,9 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Table, text
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 from shared.consumer import ApplyBatch, BatchConsumer
-from shared.db import create_tables, make_engine, transaction
+from shared.db import create_tables, make_engine, make_reader
 from shared.kafka import BrokerPublisher, ensure_topics, make_broker
 from shared.logging import configure_logging, get_logger
 from shared.metrics import make_registry, metrics_endpoint, pipeline_metrics
@@ -33,6 +34,7 @@ class ServiceRuntime:
         self.registry = make_registry()
         self.metrics = pipeline_metrics(self.registry)
         self.engine = make_engine(settings.database_url_for(service))
+        self.reader = make_reader(self.engine)  # reads that must not wait for, or hold up, writers
         self.tables = [*tables, *OUTBOX_TABLES]
         self.broker = make_broker(settings, self.registry, client_id=f"relief-{service}")
         self.publisher = BrokerPublisher(self.broker)
@@ -79,7 +81,7 @@ class ServiceRuntime:
 
     async def _refresh_outbox_gauges(self) -> None:
         def read() -> tuple[int, float]:
-            with transaction(self.engine) as session:
+            with Session(self.reader) as session:
                 return outbox_backlog(session)
 
         count, age = await asyncio.to_thread(read)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from sqlmodel import Session
 
 from services.disbursement import api, handlers, store
 from services.disbursement.metrics import disbursement_metrics
@@ -60,7 +61,7 @@ def create_app(
 
     async def refresh_gauges() -> None:
         def read() -> dict[str, int]:
-            with transaction(runtime.engine) as session:
+            with Session(runtime.reader) as session:
                 return store.pending_approval_counts(session)
 
         metrics.set_pending_approvals(await asyncio.to_thread(read))

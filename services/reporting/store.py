@@ -237,8 +237,8 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
     """Keep, per payment, the state with the highest sequence, whichever arrives first.
 
     Returns the person ids of the rows these payments pay (when those rows are known yet) whose
-    delivery may have changed: only `paid` counts as delivered, so a payment becoming pending,
-    sent or failed (never after paid) changes no person's summary.
+    delivery may have changed: only `paid` counts as delivered, so only a payment that was paid
+    before, or is paid now, can change a person's summary (most status changes are neither).
     """
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
@@ -258,6 +258,15 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
     ]
     if not rows:
         return set()
+    was_paid: set[str] = set()
+    for chunk in _chunks({row["payment_ref"] for row in rows}):
+        was_paid.update(
+            session.execute(
+                select(PAYMENTS.c.payment_ref).where(
+                    PAYMENTS.c.payment_ref.in_(chunk), PAYMENTS.c.status == "paid"
+                )
+            ).scalars()
+        )
     statement = _insert(session, PAYMENTS)
     newer = (statement.excluded.sequence > PAYMENTS.c.sequence) | (
         (statement.excluded.sequence == PAYMENTS.c.sequence)
@@ -270,7 +279,8 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
     )
     session.execute(statement, rows)
     touched: set[str] = set()
-    for chunk in _chunks({row["row_id"] for row in rows if row["status"] in ("paid", "reversed")}):
+    delivery = {row["row_id"] for row in rows if row["status"] == "paid" or row["payment_ref"] in was_paid}
+    for chunk in _chunks(delivery):
         touched.update(session.execute(select(ROWS.c.person_id).where(ROWS.c.row_id.in_(chunk))).scalars())
     return touched
 
