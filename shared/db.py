@@ -60,7 +60,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.execute("PRAGMA foreign_keys=ON")
             # Identity and processed-event lookups land on random index pages: keep more in memory.
-            cursor.execute("PRAGMA cache_size=-32768")  # KiB
+            cursor.execute("PRAGMA cache_size=-16384")  # KiB, per connection
             cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
 

@@ -47,7 +47,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def _auth_error(error: AuthError) -> JSONResponse:
-    code = {401: "unauthorised", 403: "forbidden"}.get(error.status, "auth_unavailable")
+    code = {401: "unauthorized", 403: "forbidden"}.get(error.status, "auth_unavailable")
     return _error(error.status, code, error.message)
 
 

@@ -62,7 +62,7 @@ def test_the_review_queue_needs_a_finance_key(api):
     assert api.get("/v1/reviews").status_code == 401
     assert (
         api.get("/v1/reviews", headers={"Authorization": "Bearer rk_nobody_x"}).json()["code"]
-        == "unauthorised"
+        == "unauthorized"
     )
     refused = api.get("/v1/reviews", headers={"Authorization": "Bearer rk_pcso_secret"})
     assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
