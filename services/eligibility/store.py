@@ -151,7 +151,7 @@ class Review(SQLModel, table=True):
     person_b: str = Field(max_length=40, index=True)
     row_b: str = Field(max_length=64)
     country: str = Field(max_length=2)  # where the flagged (newer) row was assisted
-    status: str = Field(default="open", max_length=16, index=True)
+    status: str = Field(default="open", max_length=32, index=True)
     reason: str | None = Field(default=None, max_length=1000)
     resolved_by: str | None = Field(default=None, max_length=64)
     resolved_by_name: str | None = Field(default=None, max_length=200)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from relief_cli import review_commands
 from relief_cli.main import app as cli
-from services.eligibility.api import build_router
+from services.eligibility.api import STATUS_FILTERS, build_router
 from shared.auth import AuthError, Principal, bearer_token
 from shared.logging import configure_logging
 
@@ -151,3 +151,13 @@ def test_relief_reviews_resolve_needs_exactly_one_resolution_and_reports_refusal
         "status": 403,
         "reason": "forbidden",
     }
+
+
+def test_every_review_status_fits_its_column_on_postgresql():
+    # SQLite ignores VARCHAR lengths; PostgreSQL refused `already_one_person` in a 16-character column.
+    from services.eligibility.store import Review
+
+    length = Review.__table__.c.status.type.length  # type: ignore[attr-defined]
+    statuses = [status for status in STATUS_FILTERS if status != "all"]
+    assert "already_one_person" in statuses
+    assert all(len(status) <= length for status in statuses)
