@@ -165,8 +165,10 @@ class ApprovalRequest(BaseModel):
     cycle: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="default: current cycle"
     )
-    count: int = Field(ge=0, description="control total: number of payments being approved")
-    total_minor: int = Field(ge=0, description="control total: their sum in minor units")
+    # Bounds are what the audit columns hold (INTEGER, BIGINT): beyond them a request is invalid,
+    # not a server error.
+    count: int = Field(ge=0, le=2**31 - 1, description="control total: number of payments being approved")
+    total_minor: int = Field(ge=0, le=2**63 - 1, description="control total: their sum in minor units")
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="optional: must match")
 
 
@@ -270,7 +272,18 @@ def report_csv(body: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-@router.post("/reconciliations")
+CSV_BODY = {"schema": {"type": "string"}}
+
+
+@router.post(
+    "/reconciliations",
+    responses={
+        200: {
+            "description": "the discrepancy report: JSON, or CSV with `format=csv`",
+            "content": {"application/json": {}, "text/csv": CSV_BODY},
+        }
+    },
+)
 async def reconcile(
     request: Request, principal: FinanceUser, format: Literal["json", "csv"] = "json"
 ) -> Response:
@@ -321,7 +334,11 @@ async def balances(request: Request, _: FinanceUser) -> Response:
     return _json(await asyncio.to_thread(read))
 
 
-@router.get("/provider/statement")
+@router.get(
+    "/provider/statement",
+    response_class=Response,
+    responses={200: {"description": "the statement CSV", "content": {"text/csv": CSV_BODY}}},
+)
 async def provider_statement(request: Request, _: FinanceUser) -> Response:
     """The simulated provider's statement CSV (what a real provider would send finance)."""
     ctx = context(request)

@@ -132,6 +132,11 @@ async def test_a_stale_approval_is_refused_with_409_recorded_and_a_matching_one_
         "/v1/approvals", json={"country": "Malaysia", "count": 1, "total_minor": 1}, headers=FINANCE
     )
     assert invalid.status_code == 422
+    # A count beyond what the audit can hold is the caller's mistake, not a server error.
+    huge = await client.post(
+        "/v1/approvals", json={"country": "MY", "count": 6915232309539207, "total_minor": 1}, headers=FINANCE
+    )
+    assert huge.status_code == 422 and "count" in huge.text
 
 
 async def test_a_statement_with_four_discrepancies_is_reported_item_by_item(client, engine, sender):
