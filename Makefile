@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shared services relief_cli bench tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared $(wildcard services/*/domain.py)
+	$(BIN)/mypy shared relief_cli $(wildcard services/*/domain.py)
 
 test: install lint typecheck
 	$(BIN)/pytest -m "not fault and not slow" $(PYTEST_FLAGS)

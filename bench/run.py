@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 from relief_cli.drain import pipeline_state
 from relief_cli.generator import generate_programme
 from relief_cli.runner import create_partner, fetch_reach, submit_batch
-from relief_cli.stack import Stack
+from relief_cli.stack import Stack, parse_replicas
 from shared.settings import Settings
 
 # Figures that do not depend on the order in which rows arrive. The truth is computed for batches
@@ -204,6 +204,9 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="run on a local PostgreSQL cluster")
     parser.add_argument("--kafka-port", type=int, default=29092)
     parser.add_argument("--parallel", type=int, default=4, help="partners uploading at once")
+    parser.add_argument(
+        "--replicas", default=None, help="replicas per service, e.g. eligibility=2,disbursement=2"
+    )
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--skip-stage", action="store_true")
     parser.add_argument("--stage-count", type=int, default=20_000)
@@ -233,7 +236,12 @@ def main() -> None:
     print(f"bench: generating a programme of {args.persons:,} persons", file=sys.stderr)
     programme = generate_programme(args.persons, seed=args.seed)
     summary["rows"] = programme.rows
-    stack = Stack(settings)
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as error:
+        parser.error(str(error))
+    summary["replicas"] = replicas
+    stack = Stack(settings, replicas)
     stack.start()
     settings = stack.settings
     try:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+from kafka.errors import KafkaError
 
 from shared.kafka import consumer_lag
 from shared.settings import Settings
@@ -41,7 +42,8 @@ def wait_until_drained(
     while time.monotonic() < deadline:
         try:
             state = pipeline_state(settings)
-        except (httpx.HTTPError, OSError, KeyError) as error:
+        except (httpx.HTTPError, KafkaError, OSError, KeyError) as error:
+            # A restarting broker or service is not drained yet; keep asking until the deadline.
             state = {"drained": False, "pending": None, "error": f"{type(error).__name__}: {error}"}
         if state["drained"]:
             if confirmed:

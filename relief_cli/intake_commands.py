@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-from relief_cli.output import emit_json, fail, settings_or_exit, stderr
+from relief_cli.output import EXIT_UNAVAILABLE, emit_json, fail, settings_or_exit, stderr
 from shared.settings import Settings
 
 PROGRESS_FROM_BYTES = 1024 * 1024  # show upload progress for files from 1 MiB
@@ -57,7 +57,10 @@ def _intake_engine(settings: Settings) -> Any:
         engine = make_engine(settings.database_url_for("intake"))
         create_tables(engine, store.TABLES)
     except OperationalError as error:
-        fail(f"cannot open intake's database: {str(error.orig or error).splitlines()[0]}")
+        fail(
+            f"cannot open intake's database: {str(error.orig or error).splitlines()[0]}",
+            code=EXIT_UNAVAILABLE,
+        )
     return engine
 
 

@@ -13,6 +13,9 @@ from shared.settings import Settings, SettingsError, load_settings
 
 stderr = Console(stderr=True)
 
+# A store or service that is down for now (sysexits' EX_TEMPFAIL): nothing was written; try again.
+EXIT_UNAVAILABLE = 75
+
 
 def settings_or_exit() -> Settings:
     try:

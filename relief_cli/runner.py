@@ -11,10 +11,18 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from relief_cli.drain import wait_until_drained
 from relief_cli.generator import Programme
+from relief_cli.output import EXIT_UNAVAILABLE
 from shared.settings import Settings
 
 
@@ -22,13 +30,32 @@ class ProgrammeError(RuntimeError):
     pass
 
 
-def create_partner(settings: Settings, name: str, role: str = "partner") -> dict[str, Any]:
-    """`relief partners add --json`, run as a user would run it."""
+def _last_result(state: RetryCallState) -> Any:
+    """When the attempts run out, hand back the last answer so its error is reported."""
+    assert state.outcome is not None
+    return state.outcome.result()
+
+
+def create_partner(
+    settings: Settings, name: str, role: str = "partner", *, attempts: int = 30
+) -> dict[str, Any]:
+    """`relief partners add --json`, run as a user would run it; tried again while intake's
+    database is unreachable (exit code 75: nothing was written)."""
     env = {**os.environ, **settings.child_environment()}
-    result = subprocess.run(
-        [sys.executable, "-m", "relief_cli.main", "partners", "add", "--name", name, "--role", role, "--json"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+
+    @retry(
+        retry=retry_if_result(lambda result: result.returncode == EXIT_UNAVAILABLE),
+        wait=wait_random_exponential(multiplier=0.3, max=5),
+        stop=stop_after_attempt(attempts),
+        retry_error_callback=_last_result,
+    )
+    def add() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "relief_cli.main", "partners", "add", "--name", name, "--role", role, "--json"],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+
+    result = add()
     if result.returncode != 0:
         raise ProgrammeError(f"creating partner {name!r} failed: {result.stderr.strip()[-500:]}")
     return dict(json.loads(result.stdout))

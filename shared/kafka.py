@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from faststream import AckPolicy
@@ -105,7 +105,9 @@ def ensure_topics(
         admin.close()
 
 
-def consumer_lag(settings: Settings, subscriptions: dict[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+def consumer_lag(
+    settings: Settings, subscriptions: Mapping[str, Sequence[str]]
+) -> dict[tuple[str, str], int]:
     """(group, topic) → records not yet committed by that group, over every partition.
 
     `subscriptions` maps a consumer group to the (prefixed) topics it reads. A partition the group

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 RESULTS: list[dict[str, Any]] = []
+FAILED_TESTS: list[str] = []  # every failed fault test, also those that raised before recording a run
 REPORT = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 
@@ -17,8 +18,13 @@ def fault_results() -> list[dict[str, Any]]:
     return RESULTS
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and "fault" in report.keywords:
+        FAILED_TESTS.append(report.nodeid.split("::")[-1])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not RESULTS:
+    if not RESULTS and not FAILED_TESTS:
         return
     by_fault: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"injected": 0, "in_flight": 0, "lost": 0, "double": 0, "exact": True, "runs": 0}
@@ -34,7 +40,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             entry["lost"] += run["lost"]
             entry["double"] += run["double"]
             entry["exact"] = entry["exact"] and run["exact"]
-    failed = [run["seed"] for run in RESULTS if not run["passed"]]
+    failed = sorted({f"seed {run['seed']}" for run in RESULTS if not run["passed"]} | set(FAILED_TESTS))
     lines = [
         "# Reliability",
         "",
@@ -46,7 +52,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "large batches at once while eligibility is stopped, and freeze a disbursement replica past its",
         "session timeout. After draining, every figure is checked against the programme's ground truth.",
         "",
-        f"Runs: {len(RESULTS)} (seeds {', '.join(str(run['seed']) for run in RESULTS)}). Failed seeds: {failed or 'none'}.",
+        f"Runs: {len(RESULTS)} (seeds {', '.join(str(run['seed']) for run in RESULTS)}). Failed: {', '.join(failed) or 'none'}.",
         "",
         "| fault | times injected | rows in flight | rows lost | double payments | reach exact |",
         "|---|---|---|---|---|---|",
@@ -61,5 +67,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:
         terminal.write_line(
-            f"fault runs: {len(RESULTS)}; failed seeds: {failed or 'none'}; table in {REPORT}"
+            f"fault runs: {len(RESULTS)}; failed: {', '.join(failed) or 'none'}; table in {REPORT}"
         )

@@ -77,3 +77,14 @@ def test_a_partner_submits_a_file_and_follows_its_status(make_settings, start_se
     assert json.loads(revoked.stdout) == {"partner_id": partner["partner_id"], "revoked": True}
     after = relief(settings, "status", result["batch_id"], "--partner-key", partner["api_key"])
     assert after.returncode == 1 and "unknown or revoked API key" in after.stderr
+
+
+def test_an_unreachable_database_is_exit_code_75_so_scripts_can_try_again(make_settings):
+    from tests.conftest import free_port
+
+    closed = free_port()  # nothing listens here
+    settings = make_settings(database_url=f"postgresql+psycopg://relief@127.0.0.1:{closed}/relief")
+    added = relief(settings, "partners", "add", "--name", "CSO Philippines", "--json")
+    assert added.returncode == 75, (added.returncode, added.stderr)
+    assert "cannot open intake's database" in added.stderr
+    assert added.stdout == ""
