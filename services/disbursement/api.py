@@ -111,6 +111,15 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter(prefix="/v1", tags=["finance"], responses=AUTH_RESPONSES)
 
+# A route's own refusals, in the same body. A 422 needs no entry: FastAPI documents one for every
+# route with parameters, and its schema (an optional `detail`) admits ErrorBody as well.
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such payment or statement"}
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "refused: nothing was changed (the body says why)"}
+}
+
 
 @router.get("/payments")
 async def list_payments(
@@ -136,7 +145,7 @@ async def list_payments(
     return _json(await asyncio.to_thread(read))
 
 
-@router.get("/payments/{payment_ref}")
+@router.get("/payments/{payment_ref}", responses=NOT_FOUND)
 async def show_payment(request: Request, payment_ref: str, _: FinanceUser) -> Response:
     """One payment with its ledger history (every transition, in order)."""
     ctx = context(request)
@@ -172,7 +181,7 @@ class ApprovalRequest(BaseModel):
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="optional: must match")
 
 
-@router.post("/approvals", status_code=201)
+@router.post("/approvals", status_code=201, responses=CONFLICT)
 async def approve(request: Request, body: ApprovalRequest, principal: FinanceUser) -> Response:
     """Approve a country's payments waiting for approval, against control totals (SPEC §6)."""
     ctx = context(request)
@@ -281,7 +290,8 @@ CSV_BODY = {"schema": {"type": "string"}}
         200: {
             "description": "the discrepancy report: JSON, or CSV with `format=csv`",
             "content": {"application/json": {}, "text/csv": CSV_BODY},
-        }
+        },
+        **CONFLICT,
     },
 )
 async def reconcile(
@@ -337,7 +347,7 @@ async def balances(request: Request, _: FinanceUser) -> Response:
 @router.get(
     "/provider/statement",
     response_class=Response,
-    responses={200: {"description": "the statement CSV", "content": {"text/csv": CSV_BODY}}},
+    responses={200: {"description": "the statement CSV", "content": {"text/csv": CSV_BODY}}, **NOT_FOUND},
 )
 async def provider_statement(request: Request, _: FinanceUser) -> Response:
     """The simulated provider's statement CSV (what a real provider would send finance)."""

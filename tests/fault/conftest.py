@@ -18,9 +18,12 @@ def fault_results() -> list[dict[str, Any]]:
     return RESULTS
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.failed and "fault" in report.keywords:
-        FAILED_TESTS.append(report.nodeid.split("::")[-1])
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and item.get_closest_marker("fault") is not None:
+        FAILED_TESTS.append(item.name)
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

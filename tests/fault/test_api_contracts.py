@@ -15,6 +15,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
+    status_code_conformance,
 )
 
 from relief_cli.stack import Stack
@@ -22,9 +23,8 @@ from shared.settings import SERVICES, Settings
 from tests.fault.pipeline import new_finance_key
 from tests.integration.intake.intake_support import add_partner
 
-# Undocumented status codes (ST103) are not checked yet: disbursement's 404/409/422 answers are
-# not all in its document. Everything documented must hold.
-CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance]
+# No 5xx; every answer's status, content type and body as the service's own document says.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 def keys_for(settings: Settings) -> dict[str, str]:
