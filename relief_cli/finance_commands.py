@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import typer
 
-from relief_cli.output import emit_json, fail, settings_or_exit, stderr
+from relief_cli.output import emit_json, fail, settings_or_exit, stderr, unreachable
 
 FINDING_KEYS = (
     "matched",
@@ -37,11 +37,7 @@ def _call(
     try:
         return httpx.request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
     except httpx.HTTPError as error:
-        fail(
-            f"cannot reach disbursement at {settings.service_url('disbursement')} ({type(error).__name__}); "
-            "is the stack running (`relief up`)?",
-            as_json=as_json,
-        )
+        unreachable("disbursement", settings.service_url("disbursement"), error, as_json=as_json)
 
 
 def _refused(response: httpx.Response, *, as_json: bool, **keys: Any) -> None:

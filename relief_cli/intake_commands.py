@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-from relief_cli.output import EXIT_UNAVAILABLE, emit_json, fail, settings_or_exit, stderr
+from relief_cli.output import EXIT_UNAVAILABLE, emit_json, fail, settings_or_exit, stderr, unreachable
 from shared.settings import Settings
 
 PROGRESS_FROM_BYTES = 1024 * 1024  # show upload progress for files from 1 MiB
@@ -89,10 +89,6 @@ def _refused(code: str, message: str, column: str | None, *, as_json: bool) -> N
         )
         raise typer.Exit(1)
     fail(f"the whole file was refused: {message}")
-
-
-def _unreachable(url: str, error: Exception) -> str:
-    return f"cannot reach intake at {url} ({type(error).__name__}); is the stack running (`relief up`)?"
 
 
 def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
@@ -225,7 +221,7 @@ def register(app: typer.Typer) -> None:
                 break
             except httpx.TransportError as error:
                 if attempt == SEND_ATTEMPTS:
-                    fail(_unreachable(url, error), as_json=as_json)
+                    unreachable("intake", url, error, as_json=as_json)
                 stderr.print(f"intake did not answer ({type(error).__name__}); retrying…")
                 time.sleep(attempt)
         assert response is not None
@@ -271,7 +267,7 @@ def register(app: typer.Typer) -> None:
         try:
             response = httpx.get(url, headers={"Authorization": f"Bearer {partner_key}"}, timeout=30.0)
         except httpx.TransportError as error:
-            fail(_unreachable(url, error), as_json=as_json)
+            unreachable("intake", url, error, as_json=as_json)
         if response.status_code != 200:
             code, message, _ = _problem(response)
             fail(message, as_json=as_json, status=response.status_code, error_code=code)

@@ -29,6 +29,19 @@ def emit_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+def unreachable(service: str, url: str, error: Exception, *, as_json: bool = False) -> NoReturn:
+    """A service did not answer. Refused connections exit 75 (nothing reached it, run again);
+    a connection lost mid-request exits 1, since the service may have acted on it."""
+    import httpx
+
+    code = EXIT_UNAVAILABLE if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)) else 1
+    fail(
+        f"cannot reach {service} at {url} ({type(error).__name__}); is the stack running (`relief up`)?",
+        code=code,
+        as_json=as_json,
+    )
+
+
 def fail(message: str, *, code: int = 1, as_json: bool = False, **extra: Any) -> NoReturn:
     if as_json:
         emit_json({"error": message, **extra})

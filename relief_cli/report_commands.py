@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from relief_cli.output import emit_json, fail, settings_or_exit
+from relief_cli.output import emit_json, fail, settings_or_exit, unreachable
 
 EXPLANATIONS = {
     "beneficiaries_reached": "distinct people with at least one delivered assistance, each counted once",
@@ -32,11 +32,7 @@ def _get(url: str, params: dict[str, Any], as_json: bool) -> httpx.Response:
     try:
         response = httpx.get(url, params=params, timeout=30.0)
     except httpx.HTTPError as error:
-        fail(
-            f"the reporting service did not answer at {url} ({type(error).__name__}); "
-            "is the stack running (`relief up`)?",
-            as_json=as_json,
-        )
+        unreachable("reporting", url, error, as_json=as_json)
     if response.status_code != 200:
         fail(f"the reporting service answered {response.status_code}: {response.text[:300]}", as_json=as_json)
     return response

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import httpx
 import typer
 
-from relief_cli.output import emit_json, fail, settings_or_exit, stderr
+from relief_cli.output import emit_json, fail, settings_or_exit, stderr, unreachable
 from shared.settings import Settings
 
 
@@ -24,10 +24,7 @@ def _call(settings: Settings, method: str, path: str, finance_key: str, as_json:
                 method, path, headers={"Authorization": f"Bearer {finance_key}"}, **kwargs
             )
     except httpx.HTTPError as error:
-        fail(
-            f"cannot reach eligibility at {url} ({type(error).__name__}); is the stack running (`relief up`)?",
-            as_json=as_json,
-        )
+        unreachable("eligibility", url, error, as_json=as_json)
     try:
         body = response.json()
     except ValueError:

@@ -79,7 +79,7 @@ def test_a_partner_submits_a_file_and_follows_its_status(make_settings, start_se
     assert after.returncode == 1 and "unknown or revoked API key" in after.stderr
 
 
-def test_an_unreachable_database_is_exit_code_75_so_scripts_can_try_again(make_settings):
+def test_an_unreachable_database_or_service_is_exit_code_75_so_scripts_can_try_again(make_settings):
     from tests.conftest import free_port
 
     closed = free_port()  # nothing listens here
@@ -88,3 +88,8 @@ def test_an_unreachable_database_is_exit_code_75_so_scripts_can_try_again(make_s
     assert added.returncode == 75, (added.returncode, added.stderr)
     assert "cannot open intake's database" in added.stderr
     assert added.stdout == ""
+    # no service runs at the settings' ports either: a refused connection is 75 too
+    for args in (("status", "b_x", "--partner-key", "k"), ("payments", "--finance-key", "k"), ("report",)):
+        answer = relief(settings, *args)
+        assert answer.returncode == 75, (args, answer.returncode, answer.stderr)
+        assert "cannot reach" in answer.stderr and "relief up" in answer.stderr
