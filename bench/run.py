@@ -168,6 +168,29 @@ def latencies(settings: Settings) -> list[float]:
     return result
 
 
+def storage(settings: Settings) -> dict[str, Any]:
+    """Each service's database size once drained, and the near keys eligibility keeps (about one per
+    letter of each name): where eligibility's writes go."""
+    sizes: dict[str, float] = {}
+    for service in ("intake", "eligibility", "disbursement", "reporting"):
+        engine = create_engine(settings.database_url_for(service))
+        try:
+            with engine.connect() as connection:
+                if engine.dialect.name == "postgresql":
+                    size = connection.execute(
+                        text("SELECT pg_database_size(current_database())")
+                    ).scalar_one()
+                else:
+                    path = Path(str(engine.url.database))
+                    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+                if service == "eligibility":
+                    near = connection.execute(text("SELECT count(*) FROM eligibility_near_key")).scalar_one()
+        finally:
+            engine.dispose()
+        sizes[service] = round(int(size) / 1048576, 1)
+    return {"database_mib": sizes, "eligibility_near_keys": int(near)}
+
+
 def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -310,6 +333,7 @@ def main() -> None:
         reach = fetch_reach(settings)
         truth = {k: v for k, v in programme.truth.items() if k not in ("accepted", "rejected")}
         seconds = latencies(settings)
+        summary["storage"] = storage(settings)
         pipeline_rate = accepted / wall
         summary.update(
             {
