@@ -110,6 +110,7 @@ def run_programme(
     *,
     timeout: float = 900.0,
     on_batch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_submitted: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Create the partners, then submit each batch and drain before the next.
 
@@ -122,6 +123,8 @@ def run_programme(
     for index, batch in enumerate(programme.batches):
         result = submit_batch(settings, keys[batch.partner_name], batch.to_csv())
         results.append(result)
+        if on_submitted is not None:
+            on_submitted(index, result)  # the batch's rows are now on their way (fault tests strike here)
         state = wait_until_drained(settings, timeout, progress=False, settle=0.3)
         if not state.get("drained"):
             raise ProgrammeError(f"the pipeline did not drain within {timeout:.0f}s: {state}")

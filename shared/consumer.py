@@ -89,8 +89,8 @@ class BatchConsumer:
             batch_timeout_ms=100,
             auto_offset_reset="earliest",
             max_poll_interval_ms=10 * 60 * 1000,
-            session_timeout_ms=30_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, settings.kafka_session_timeout_ms // 3),
             title=f"{service}:{topic.name}",
             decoder=_skip_decoding,
         )(self.handle)

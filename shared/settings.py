@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_rows: int = Field(50_000, ge=1)
     consumer_batch_size: int = Field(1000, ge=1, le=10_000)
+    # How long the group waits for a consumer that stopped answering (a killed replica's partitions
+    # wait this long); within the broker's default group.min/max.session.timeout.ms.
+    kafka_session_timeout_ms: int = Field(30_000, ge=6_000, le=300_000)
     log_level: str = "INFO"
     log_format: str = "json"
 

@@ -30,7 +30,8 @@ INFRA_FAULTS = ("restart_kafka", "restart_postgres")
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    after_seconds: float
+    after_batch: int  # strikes once this batch has been accepted, while its rows are in flight
+    delay: float  # seconds after that acceptance
 
 
 @dataclass
@@ -43,19 +44,22 @@ class FaultPlan:
         cls,
         seed: int,
         *,
+        batches: int,
         count: int = 4,
-        window: float = 20.0,
         kinds: tuple[str, ...] = SERVICE_FAULTS + INFRA_FAULTS,
     ) -> FaultPlan:
         rng = random.Random(seed)
-        times = sorted(rng.uniform(1.0, window) for _ in range(count))
-        return cls(seed, [Fault(rng.choice(kinds), at) for at in times])
+        chosen = sorted(rng.sample(range(batches), min(count, batches)))
+        return cls(
+            seed, [Fault(rng.choice(kinds), batch, round(rng.uniform(0.0, 1.0), 2)) for batch in chosen]
+        )
 
 
 @dataclass
 class Injector:
-    """Runs a plan in a thread while the programme is submitted; the stack's supervisor restarts
-    killed services, and infrastructure faults restart the broker or the database in place."""
+    """Strikes as the plan says, each fault a moment after its batch was accepted; the stack's
+    supervisor restarts killed services, and infrastructure faults restart the broker or the
+    database in place."""
 
     stack: Stack
     plan: FaultPlan
@@ -63,12 +67,10 @@ class Injector:
     postgres: LocalPostgres | None = None
     injected: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    _thread: threading.Thread | None = None
+    _strikes: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="fault-injector", daemon=True)
-        self._thread.start()
         supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         supervisor.start()
 
@@ -77,11 +79,17 @@ class Injector:
             self.stack.supervise_once()
             time.sleep(0.3)
 
-    def _run(self) -> None:
-        began = time.monotonic()
-        for fault in self.plan.faults:
-            delay = began + fault.after_seconds - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
+    def batch_submitted(self, index: int, _: object = None) -> None:
+        """Called once a batch is accepted: its faults strike from another thread while it drains."""
+        due = [fault for fault in self.plan.faults if fault.after_batch == index]
+        if due:
+            strike = threading.Thread(target=self._strike, args=(due,), name=f"fault-{index}", daemon=True)
+            strike.start()
+            self._strikes.append(strike)
+
+    def _strike(self, faults: list[Fault]) -> None:
+        for fault in faults:
+            if self._stop.wait(fault.delay):
                 return
             try:
                 self.inject(fault.kind)
@@ -108,7 +116,11 @@ class Injector:
             time.sleep(1.0)
             self.postgres.start()
 
+    def finish(self, timeout: float = 120.0) -> None:
+        """Wait for every strike under way; the supervisor keeps restarting what they killed."""
+        for strike in self._strikes:
+            strike.join(timeout=timeout)
+
     def stop(self) -> None:
+        self.finish()
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=120)
