@@ -20,6 +20,13 @@ def test_a_bad_port_names_the_setting(monkeypatch):
         load_settings()
 
 
+@pytest.mark.parametrize("value", ["5999", "300001", "soon"])
+def test_a_session_timeout_the_broker_would_refuse_names_the_setting(monkeypatch, value):
+    monkeypatch.setenv("RELIEF_KAFKA_SESSION_TIMEOUT_MS", value)
+    with pytest.raises(SettingsError, match="RELIEF_KAFKA_SESSION_TIMEOUT_MS"):
+        load_settings()
+
+
 def test_no_bootstrap_servers_means_the_local_broker():
     settings = Settings(kafka_port=19092)
     assert settings.local_kafka and settings.bootstrap_servers == "127.0.0.1:19092"
