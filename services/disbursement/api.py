@@ -102,6 +102,10 @@ class ErrorBody(BaseModel):
     message: str
 
 
+class FrameworkError(BaseModel):
+    detail: str
+
+
 # Every route needs a finance key; these answers are part of each route's contract.
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, unknown or revoked API key"},
@@ -115,6 +119,10 @@ router = APIRouter(prefix="/v1", tags=["finance"], responses=AUTH_RESPONSES)
 # route with parameters, and its schema (an optional `detail`) admits ErrorBody as well.
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such payment or statement"}
+}
+# FastAPI's own answer when a JSON body cannot be read at all (e.g. it is not UTF-8).
+UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": FrameworkError, "description": "the body could not be read as JSON"}
 }
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "refused: nothing was changed (the body says why)"}
@@ -181,7 +189,7 @@ class ApprovalRequest(BaseModel):
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="optional: must match")
 
 
-@router.post("/approvals", status_code=201, responses=CONFLICT)
+@router.post("/approvals", status_code=201, responses={**CONFLICT, **UNREADABLE_BODY})
 async def approve(request: Request, body: ApprovalRequest, principal: FinanceUser) -> Response:
     """Approve a country's payments waiting for approval, against control totals (SPEC §6)."""
     ctx = context(request)
