@@ -120,12 +120,12 @@ router = APIRouter(prefix="/v1", tags=["finance"], responses=AUTH_RESPONSES)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such payment or statement"}
 }
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "refused: nothing was changed (the body says why)"}
+}
 # FastAPI's own answer when a JSON body cannot be read at all (e.g. it is not UTF-8).
 UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
     400: {"model": FrameworkError, "description": "the body could not be read as JSON"}
-}
-CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorBody, "description": "refused: nothing was changed (the body says why)"}
 }
 
 
