@@ -118,11 +118,8 @@ class LocalKafka:
         if (self.log_dir / "meta.properties").exists():
             return
         cluster_id = self.root / "cluster.id"
-        if not cluster_id.exists():
-            # Kafka wants a base64 UUID of 22 characters.
-            import base64
-
-            cluster_id.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        if not cluster_id.exists() or cluster_id.read_text().startswith("-"):
+            cluster_id.write_text(new_cluster_id())
         result = subprocess.run(
             [
                 *self._java(),
@@ -218,3 +215,14 @@ class LocalKafka:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def new_cluster_id() -> str:
+    """A base64 UUID of 22 characters, as Kafka wants. Like Kafka's own Uuid.randomUuid, never one
+    that starts with "-": the storage tool would read it as an option and refuse to format."""
+    import base64
+
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate

@@ -59,3 +59,10 @@ def test_replica_counts_are_parsed_and_checked():
     assert parse_replicas("eligibility=2,disbursement=3") == {"eligibility": 2, "disbursement": 3}
     with pytest.raises(ValueError, match="--replicas"):
         parse_replicas("payments=2")
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash():
+    from shared.kafka_local import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]  # about 1 in 64 random ids would start with "-"
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
