@@ -10,6 +10,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
+from shared.events import new_event_id
 from shared.settings import Settings
 from shared.topics import all_topic_names
 
@@ -56,15 +57,23 @@ class BrokerPublisher:
     def __init__(self, broker: KafkaBroker) -> None:
         self.broker = broker
 
-    async def send_many(self, records: Sequence[tuple[str, str | None, bytes]]) -> None:
+    async def send_many(
+        self, records: Sequence[tuple[str, str | None, bytes]], correlation_ids: Sequence[str] | None = None
+    ) -> None:
+        """Publish without waiting per record, then wait for every acknowledgement.
+
+        Each record's correlation id is the given one (the outbox passes the event id) or a new
+        one made here, never FastStream's default (`uuid4`, a system call per record).
+        """
         futures = []
-        for topic, key, payload in records:
+        for index, (topic, key, payload) in enumerate(records):
             futures.append(
                 await self.broker.publish(
                     payload,
                     topic,
                     key=key.encode() if key else None,
                     headers={"content-type": "application/json"},
+                    correlation_id=correlation_ids[index] if correlation_ids else new_event_id(),
                     no_confirm=True,
                 )
             )

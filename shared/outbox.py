@@ -16,7 +16,7 @@ from sqlalchemy import Column, Index, LargeBinary, func, insert, select, text, u
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
 
-from shared.db import WITHOUT_ROWID
+from shared.db import WITHOUT_ROWID, insert_many, one_of
 from shared.events import Event, utc_now
 from shared.logging import get_logger
 
@@ -69,8 +69,7 @@ def add_to_outbox(session: Session, messages: Iterable[tuple[str, str | None, Ev
         }
         for topic, key, event in messages
     ]
-    if rows:
-        session.execute(insert(OutboxMessage), rows)
+    insert_many(session, insert(OutboxMessage), rows)
     return len(rows)
 
 
@@ -90,13 +89,13 @@ def claim_new_events(session: Session, consumer: str, event_ids: Sequence[str]) 
             session.execute(
                 select(ProcessedEvent.event_id).where(  # type: ignore[call-overload]
                     ProcessedEvent.consumer == consumer,
-                    ProcessedEvent.event_id.in_(chunk),  # type: ignore[attr-defined]
+                    one_of(session, ProcessedEvent.event_id, chunk),
                 )
             ).scalars()
         )
     new_ids = [event_id for event_id in unique_ids if event_id not in seen]
     if new_ids:
-        session.execute(insert(ProcessedEvent), [{"consumer": consumer, "event_id": e} for e in new_ids])
+        insert_many(session, insert(ProcessedEvent), [{"consumer": consumer, "event_id": e} for e in new_ids])
     return set(new_ids)
 
 
@@ -151,7 +150,13 @@ class OutboxRelay:
 
     def _unsent_query(self) -> Any:
         query = (
-            select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.payload)  # type: ignore[call-overload]
+            select(
+                OutboxMessage.id,
+                OutboxMessage.topic,
+                OutboxMessage.key,
+                OutboxMessage.payload,
+                OutboxMessage.event_id,
+            )  # type: ignore[call-overload]
             .where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
             .order_by(OutboxMessage.id)
             .limit(self.batch_size)
@@ -166,7 +171,9 @@ class OutboxRelay:
         now = utc_now()
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
-            session.execute(update(OutboxMessage).where(col(OutboxMessage.id).in_(chunk)).values(sent_at=now))
+            session.execute(
+                update(OutboxMessage).where(one_of(session, col(OutboxMessage.id), chunk)).values(sent_at=now)
+            )
 
     async def publish_pending(self) -> int:
         """Publish everything unsent now. Returns how many went out."""
@@ -195,7 +202,9 @@ class OutboxRelay:
                 transaction.rollback()
             if not rows:
                 return 0
-            await self.publisher.send_many([(topic, key, payload) for _, topic, key, payload in rows])
+            await self.publisher.send_many(
+                [(topic, key, payload) for _, topic, key, payload, _ in rows], [row[4] for row in rows]
+            )
             ids = [row[0] for row in rows]
 
             def mark() -> None:

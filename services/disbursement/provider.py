@@ -24,7 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
 from services.disbursement import store
-from shared.db import transaction
+from shared.db import insert_many, one_of, transaction
 from shared.events import utc_now
 
 ReplyStatus = Literal["paid", "accepted", "refused"]
@@ -158,7 +158,9 @@ class SimulatedProvider(ProviderAdapter):
             known: dict[str, Any] = {
                 row.idempotency_key: row
                 for chunk in store._chunks([o.idempotency_key for o in orders])
-                for row in session.execute(select(table).where(table.c.idempotency_key.in_(chunk)))
+                for row in session.execute(
+                    select(table).where(one_of(session, table.c.idempotency_key, chunk))
+                )
             }
             new_rows = []
             now = utc_now()
@@ -204,7 +206,7 @@ class SimulatedProvider(ProviderAdapter):
                 else:
                     results.append(reply)
             if new_rows:
-                session.execute(insert(table), new_rows)
+                insert_many(session, insert(table), new_rows)
         self.executed += len(new_rows)
         self.lost_replies += sum(1 for fate in fates if fate == "lost_reply")
         return results

@@ -33,7 +33,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel
 
 from services.disbursement.domain import LIVE, PAID, PENDING_APPROVAL, REVERSED, LedgerPosition
-from shared.db import WITHOUT_ROWID
+from shared.db import WITHOUT_ROWID, insert_many, one_of
 
 CHUNK = 500
 
@@ -270,7 +270,7 @@ def insert_payments_if_absent(session: Session, rows: Sequence[dict[str, Any]]) 
     inserted: set[str] = set()
     for chunk in _chunks(rows):
         statement = dialect.insert(PAYMENT).on_conflict_do_nothing().returning(PAYMENT.c.payment_ref)
-        inserted.update(session.execute(statement, list(chunk)).scalars())
+        inserted.update(insert_many(session, statement, chunk).scalars())  # type: ignore[union-attr]
     return inserted
 
 
@@ -281,7 +281,11 @@ def all_payments(session: Session) -> list[PaymentRecord]:
 def payments_by_refs(session: Session, refs: Sequence[str], *, lock: bool = False) -> list[PaymentRecord]:
     found: list[PaymentRecord] = []
     for chunk in _chunks(sorted(set(refs))):
-        query = _select_payments().where(PAYMENT.c.payment_ref.in_(chunk)).order_by(PAYMENT.c.payment_ref)
+        query = (
+            _select_payments()
+            .where(one_of(session, PAYMENT.c.payment_ref, chunk))
+            .order_by(PAYMENT.c.payment_ref)
+        )
         if lock:
             query = query.with_for_update()
         found.extend(_records(session.execute(query)))
@@ -300,7 +304,7 @@ def live_payments_of_persons(
     for chunk in _chunks(sorted(set(person_ids))):
         query = (
             _select_payments()
-            .where(PAYMENT.c.person_id.in_(chunk))
+            .where(one_of(session, PAYMENT.c.person_id, chunk))
             .order_by(PAYMENT.c.created_at, PAYMENT.c.payment_ref)
         )
         if lock:
@@ -369,12 +373,12 @@ def advance_payments(
             values["provider_ref"] = case(known, value=PAYMENT.c.payment_ref, else_=PAYMENT.c.provider_ref)
         else:
             values.pop("provider_ref", None)
-        session.execute(update(PAYMENT).where(PAYMENT.c.payment_ref.in_(chunk)).values(values))
+        session.execute(update(PAYMENT).where(one_of(session, PAYMENT.c.payment_ref, chunk)).values(values))
 
 
 def add_ledger_entries(session: Session, entries: Sequence[dict[str, Any]]) -> None:
     for chunk in _chunks(entries):
-        session.execute(insert(LEDGER), list(chunk))
+        insert_many(session, insert(LEDGER), chunk)
 
 
 def list_payments(
@@ -485,7 +489,7 @@ def roots_of(session: Session, person_ids: Sequence[str]) -> dict[str, str]:
     roots: dict[str, str] = {}
     for chunk in _chunks(sorted(set(person_ids))):
         query = select(PERSON_MERGE.c.person_id, PERSON_MERGE.c.root_person_id).where(
-            PERSON_MERGE.c.person_id.in_(chunk)
+            one_of(session, PERSON_MERGE.c.person_id, chunk)
         )
         roots.update({person: root for person, root in session.execute(query)})
     return roots
@@ -526,7 +530,7 @@ def live_in_family(session: Session, person_ids: Sequence[str]) -> dict[tuple[st
     for person, root in roots.items():
         family = family_of(session, root)
         query = select(PAYMENT.c.payment_ref, PAYMENT.c.cycle).where(
-            PAYMENT.c.person_id.in_(family), PAYMENT.c.status.in_(sorted(LIVE))
+            one_of(session, PAYMENT.c.person_id, family), PAYMENT.c.status.in_(sorted(LIVE))
         )
         for reference, cycle in session.execute(query):
             held.setdefault((person, cycle), reference)
@@ -538,7 +542,7 @@ def add_overpayments_if_absent(session: Session, rows: Sequence[dict[str, Any]])
         return set()
     dialect = postgresql if _is_postgres(session) else sqlite
     statement = dialect.insert(OVERPAYMENT).on_conflict_do_nothing().returning(OVERPAYMENT.c.payment_ref)
-    return set(session.execute(statement, list(rows)).scalars())
+    return set(insert_many(session, statement, rows).scalars())  # type: ignore[union-attr]
 
 
 def list_overpayments(session: Session) -> list[dict[str, Any]]:

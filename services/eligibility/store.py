@@ -24,7 +24,6 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,7 +31,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Field, Session, SQLModel, col
 
 from services.eligibility.domain import PersonStanding
-from shared.db import WITHOUT_ROWID
+from shared.db import WITHOUT_ROWID, insert_many, one_of
 
 # ---- tables ----------------------------------------------------------------------------------
 
@@ -194,29 +193,12 @@ def _insert_rows(
         raise RuntimeError(f"unsupported database {dialect}")
     if ignore_duplicates:
         statement = statement.on_conflict_do_nothing()
-    session.execute(statement, list(rows))
+    insert_many(session, statement, rows)
 
 
 def _insert_near_keys(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Near keys come a dozen or more per row: on PostgreSQL they go in as three arrays in one
-    statement rather than one statement each."""
-    if not rows:
-        return
-    if session.get_bind().dialect.name != "postgresql":
-        _insert_rows(session, NearKey.__table__, rows, ignore_duplicates=True)  # type: ignore[attr-defined]
-        return
-    session.execute(
-        text(
-            "INSERT INTO eligibility_near_key (near_key, person_id, row_id) "
-            "SELECT * FROM unnest(CAST(:near_keys AS VARCHAR[]), CAST(:person_ids AS VARCHAR[]), "
-            "CAST(:row_ids AS VARCHAR[])) ON CONFLICT DO NOTHING"
-        ),
-        {
-            "near_keys": [row["near_key"] for row in rows],
-            "person_ids": [row["person_id"] for row in rows],
-            "row_ids": [row["row_id"] for row in rows],
-        },
-    )
+    """Near keys come a dozen or more per row; a key already held by the same row is kept."""
+    _insert_rows(session, NearKey.__table__, rows, ignore_duplicates=True)  # type: ignore[attr-defined]
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
@@ -258,7 +240,9 @@ def load_snapshot(
     for chunk in _chunks(sorted(set(row_ids))):
         snapshot.decided.update(
             session.execute(
-                select(RowDecision.row_id, RowDecision.fingerprint).where(RowDecision.row_id.in_(chunk))  # type: ignore[call-overload, attr-defined]
+                select(RowDecision.row_id, RowDecision.fingerprint).where(
+                    one_of(session, RowDecision.row_id, chunk)
+                )  # type: ignore[call-overload, attr-defined]
             ).all()
         )
     for chunk in _chunks(sorted(set(identity_keys))):
@@ -266,14 +250,14 @@ def load_snapshot(
             session.execute(
                 select(IdentityKey.key, Person.survivor_id)  # type: ignore[call-overload]
                 .join(Person, Person.person_id == IdentityKey.person_id)
-                .where(IdentityKey.key.in_(chunk))  # type: ignore[attr-defined]
+                .where(one_of(session, IdentityKey.key, chunk))  # type: ignore[attr-defined]
             ).all()
         )
     for chunk in _chunks(sorted(set(near_keys))):
         rows = session.execute(
             select(NearKey.near_key, Person.survivor_id, NearKey.row_id)  # type: ignore[call-overload]
             .join(Person, Person.person_id == NearKey.person_id)
-            .where(NearKey.near_key.in_(chunk))  # type: ignore[attr-defined]
+            .where(one_of(session, NearKey.near_key, chunk))  # type: ignore[attr-defined]
         ).all()
         for near_key, survivor, row_id in rows:
             snapshot.near.setdefault(near_key, []).append((survivor, row_id))
@@ -286,13 +270,13 @@ def load_snapshot(
     for chunk in _chunks(persons):
         snapshot.created_order.update(
             session.execute(
-                select(Person.person_id, Person.id).where(Person.person_id.in_(chunk))  # type: ignore[call-overload, attr-defined]
+                select(Person.person_id, Person.id).where(one_of(session, Person.person_id, chunk))  # type: ignore[call-overload, attr-defined]
             ).all()
         )
         approvals = session.execute(
             select(member.survivor_id, Approval.assistance, Approval.id, Approval.row_id)  # type: ignore[call-overload]
             .join(member, member.person_id == Approval.person_id)
-            .where(col(member.survivor_id).in_(chunk), Approval.cycle == cycle)
+            .where(one_of(session, col(member.survivor_id), chunk), Approval.cycle == cycle)
         ).all()
         for person, assistance, order, row_id in approvals:
             earliest = snapshot.approvals.setdefault(person, {})
@@ -304,7 +288,12 @@ def load_snapshot(
                 .select_from(Review)
                 .join(side_a, side_a.person_id == Review.person_a)
                 .join(side_b, side_b.person_id == Review.person_b)
-                .where(or_(col(side_a.survivor_id).in_(chunk), col(side_b.survivor_id).in_(chunk)))
+                .where(
+                    or_(
+                        one_of(session, col(side_a.survivor_id), chunk),
+                        one_of(session, col(side_b.survivor_id), chunk),
+                    )
+                )
             ).all()
         )
     if countries:
@@ -376,7 +365,7 @@ def standings(session: Session, person_ids: Iterable[str], cycle: str) -> dict[s
         return {}
     created: dict[str, int] = dict(
         session.execute(
-            select(Person.person_id, Person.id).where(Person.person_id.in_(ids))  # type: ignore[call-overload, attr-defined]
+            select(Person.person_id, Person.id).where(one_of(session, Person.person_id, ids))  # type: ignore[call-overload, attr-defined]
         ).all()
     )
     member = aliased(Person)
@@ -384,7 +373,7 @@ def standings(session: Session, person_ids: Iterable[str], cycle: str) -> dict[s
         session.execute(
             select(member.survivor_id, func.min(Approval.id))  # type: ignore[call-overload]
             .join(member, member.person_id == Approval.person_id)
-            .where(col(member.survivor_id).in_(ids), Approval.cycle == cycle)
+            .where(one_of(session, col(member.survivor_id), ids), Approval.cycle == cycle)
             .group_by(member.survivor_id)
         ).all()
     )
@@ -463,7 +452,7 @@ def close_reviews_made_moot(session: Session, survivor_id: str, now: datetime) -
     if moot:
         session.execute(
             update(Review)
-            .where(Review.review_id.in_(moot))  # type: ignore[attr-defined]
+            .where(one_of(session, Review.review_id, moot))  # type: ignore[attr-defined]
             .values(status="already_one_person", resolved_at=now)
         )
     return len(moot)
@@ -485,7 +474,7 @@ def review_history(session: Session, review_ids: Sequence[str]) -> dict[str, lis
     for chunk in _chunks(list(review_ids)):
         rows = session.execute(
             select(ReviewDecision)
-            .where(ReviewDecision.review_id.in_(chunk))  # type: ignore[attr-defined]
+            .where(one_of(session, ReviewDecision.review_id, chunk))  # type: ignore[attr-defined]
             .order_by(ReviewDecision.id)  # type: ignore[arg-type]
         ).scalars()
         for decision in rows:
@@ -497,7 +486,7 @@ def decisions_for_rows(session: Session, row_ids: Sequence[str]) -> dict[str, Ro
     found: dict[str, RowDecision] = {}
     for chunk in _chunks(sorted(set(row_ids))):
         for decision in session.execute(
-            select(RowDecision).where(RowDecision.row_id.in_(chunk))  # type: ignore[attr-defined]
+            select(RowDecision).where(one_of(session, RowDecision.row_id, chunk))  # type: ignore[attr-defined]
         ).scalars():
             found[decision.row_id] = decision
     return found
@@ -508,7 +497,7 @@ def survivors_of(session: Session, person_ids: Sequence[str]) -> dict[str, str]:
     for chunk in _chunks(sorted(set(person_ids))):
         found.update(
             session.execute(
-                select(Person.person_id, Person.survivor_id).where(Person.person_id.in_(chunk))  # type: ignore[call-overload, attr-defined]
+                select(Person.person_id, Person.survivor_id).where(one_of(session, Person.person_id, chunk))  # type: ignore[call-overload, attr-defined]
             ).all()
         )
     return found

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.intake.domain import RowError
-from shared.db import WITHOUT_ROWID, transaction
+from shared.db import WITHOUT_ROWID, insert_many, one_of, transaction
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -213,14 +213,14 @@ def partner_refs_taken(session: Session, partner_id: str, refs: Sequence[str]) -
         # `= ANY(array)` is hashed or uses the unique index either way.
         match = column == any_(bindparam("refs", wanted, type_=postgresql.ARRAY(String)))
     else:
-        match = column.in_(wanted)
+        match = one_of(session, column, wanted)
     query = select(column).where(_beneficiaries.c.partner_id == partner_id, match)
     return set(session.execute(query).scalars())
 
 
 def insert_beneficiaries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(_beneficiaries), list(rows))
+        insert_many(session, insert(_beneficiaries), rows)
         _count(session, Counter((row["batch_id"], None, row["assistance"], None) for row in rows))
 
 
@@ -235,8 +235,7 @@ def insert_rejections(session: Session, batch_id: str, errors: Iterable[RowError
         }
         for e in errors
     ]
-    if rows:
-        session.execute(insert(_rejections), rows)
+    insert_many(session, insert(_rejections), rows)
 
 
 def rejections_of(session: Session, batch_id: str) -> list[RowError]:
@@ -327,7 +326,7 @@ def _count(session: Session, deltas: Counter[StateKey]) -> None:
         index_elements=["batch_id", "decision", "assistance", "payment_status"],
         set_={"rows": _progress.c.rows + statement.excluded.rows},
     )
-    session.execute(statement, rows)
+    insert_many(session, statement, rows)
 
 
 def _current_states(session: Session, row_ids: Sequence[str], *, version: Any) -> dict[str, tuple[Any, ...]]:
@@ -344,7 +343,7 @@ def _current_states(session: Session, row_ids: Sequence[str], *, version: Any) -
     )
     ids = sorted(set(row_ids))
     for start in range(0, len(ids), 500):
-        query = select(*columns).where(_beneficiaries.c.row_id.in_(ids[start : start + 500]))
+        query = select(*columns).where(one_of(session, _beneficiaries.c.row_id, ids[start : start + 500]))
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update()
         for row_id, *state in session.execute(query):

@@ -38,7 +38,7 @@ from services.reporting.domain import (
     person_roots,
     summarise_person,
 )
-from shared.db import WITHOUT_ROWID, serialise_writers
+from shared.db import WITHOUT_ROWID, insert_many, one_of, serialise_writers
 
 CHUNK = 500  # ids per IN (...) list
 
@@ -222,14 +222,16 @@ def save_decisions(
         return set()
     touched = {row["person_id"] for row in rows}
     for chunk in _chunks({row["row_id"] for row in rows}):
-        touched.update(session.execute(select(ROWS.c.person_id).where(ROWS.c.row_id.in_(chunk))).scalars())
+        touched.update(
+            session.execute(select(ROWS.c.person_id).where(one_of(session, ROWS.c.row_id, chunk))).scalars()
+        )
     statement = _insert(session, ROWS)
     statement = statement.on_conflict_do_update(
         index_elements=["row_id"],
         set_={name: statement.excluded[name] for name in rows[0] if name != "row_id"},
         where=_binary(session, statement.excluded.version) > _binary(session, ROWS.c.version),
     )
-    session.execute(statement, rows)
+    insert_many(session, statement, rows)
     return touched
 
 
@@ -263,7 +265,7 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
         was_paid.update(
             session.execute(
                 select(PAYMENTS.c.payment_ref).where(
-                    PAYMENTS.c.payment_ref.in_(chunk), PAYMENTS.c.status == "paid"
+                    one_of(session, PAYMENTS.c.payment_ref, chunk), PAYMENTS.c.status == "paid"
                 )
             ).scalars()
         )
@@ -277,17 +279,20 @@ def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str
         set_={name: statement.excluded[name] for name in rows[0] if name != "payment_ref"},
         where=newer,
     )
-    session.execute(statement, rows)
+    insert_many(session, statement, rows)
     touched: set[str] = set()
     delivery = {row["row_id"] for row in rows if row["status"] == "paid" or row["payment_ref"] in was_paid}
     for chunk in _chunks(delivery):
-        touched.update(session.execute(select(ROWS.c.person_id).where(ROWS.c.row_id.in_(chunk))).scalars())
+        touched.update(
+            session.execute(select(ROWS.c.person_id).where(one_of(session, ROWS.c.row_id, chunk))).scalars()
+        )
     return touched
 
 
 def save_overpayments(session: Session, overpayments: Sequence[dict[str, Any]]) -> None:
     if overpayments:
-        session.execute(
+        insert_many(
+            session,
             _insert(session, OVERPAYMENTS).on_conflict_do_nothing(index_elements=["payment_ref"]),
             overpayments,
         )
@@ -302,7 +307,8 @@ def save_merges(session: Session, merges: Sequence[tuple[str, str]]) -> set[str]
     """
     if not merges:
         return set()
-    session.execute(
+    insert_many(
+        session,
         _insert(session, MERGES).on_conflict_do_nothing(),
         [{"survivor_person_id": survivor, "merged_person_id": merged} for survivor, merged in merges],
     )
@@ -327,9 +333,9 @@ def save_merges(session: Session, merges: Sequence[tuple[str, str]]) -> set[str]
         statement = statement.on_conflict_do_update(
             index_elements=["person_id"], set_={"root_id": statement.excluded.root_id}
         )
-        session.execute(statement, changed)
+        insert_many(session, statement, changed)
     for chunk in _chunks(stale):
-        session.execute(delete(ROOTS).where(ROOTS.c.person_id.in_(chunk)))
+        session.execute(delete(ROOTS).where(one_of(session, ROOTS.c.person_id, chunk)))
     return touched
 
 
@@ -338,7 +344,9 @@ def save_merges(session: Session, merges: Sequence[tuple[str, str]]) -> set[str]
 
 def _root_pairs(session: Session, column: Any, ids: Collection[str]) -> Iterator[tuple[str, str]]:
     for chunk in _chunks(ids):
-        pairs = session.execute(select(ROOTS.c.person_id, ROOTS.c.root_id).where(column.in_(chunk))).all()
+        pairs = session.execute(
+            select(ROOTS.c.person_id, ROOTS.c.root_id).where(one_of(session, column, chunk))
+        ).all()
         yield from ((person, root) for person, root in pairs)
 
 
@@ -366,7 +374,7 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
     members = _members_of(session, roots)
     rows: list[RowDecision] = []
     for chunk in _chunks(members):
-        found = session.execute(select(ROWS).where(ROWS.c.person_id.in_(chunk))).mappings()
+        found = session.execute(select(ROWS).where(one_of(session, ROWS.c.person_id, chunk))).mappings()
         rows.extend(
             RowDecision(
                 row_id=r["row_id"], person_id=r["person_id"], partner_name=r["partner_name"],
@@ -380,7 +388,9 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
     for chunk in _chunks({row.row_id for row in rows if row.assistance == "cash_relief"}):
         paid_rows.update(
             session.execute(
-                select(PAYMENTS.c.row_id).where(PAYMENTS.c.row_id.in_(chunk), PAYMENTS.c.status == "paid")
+                select(PAYMENTS.c.row_id).where(
+                    one_of(session, PAYMENTS.c.row_id, chunk), PAYMENTS.c.status == "paid"
+                )
             ).scalars()
         )
     delivered: dict[str, list[RowDecision]] = {}
@@ -390,8 +400,8 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
 
     stale = set(touched) | roots
     for chunk in _chunks(stale):
-        session.execute(delete(GROUPS).where(GROUPS.c.person_id.in_(chunk)))
-        session.execute(delete(PERSONS).where(PERSONS.c.person_id.in_(chunk)))
+        session.execute(delete(GROUPS).where(one_of(session, GROUPS.c.person_id, chunk)))
+        session.execute(delete(PERSONS).where(one_of(session, PERSONS.c.person_id, chunk)))
     persons: list[dict[str, Any]] = []
     groups: list[dict[str, Any]] = []
     for root in sorted(delivered):
@@ -415,10 +425,8 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
                 {"breakdown": breakdown, "grp": group, "person_id": root}
                 for group in sorted(members_of_group)
             )
-    if persons:
-        session.execute(insert(PERSONS), persons)
-    if groups:
-        session.execute(insert(GROUPS), groups)
+    insert_many(session, insert(PERSONS), persons)
+    insert_many(session, insert(GROUPS), groups)
 
 
 # ---- reads ------------------------------------------------------------------------------------

@@ -5,7 +5,14 @@ from sqlmodel import select
 
 from shared.db import create_tables, make_engine, transaction
 from shared.events import PersonsMerged
-from shared.outbox import OUTBOX_TABLES, OutboxMessage, add_to_outbox, claim_new_events, outbox_backlog
+from shared.outbox import (
+    OUTBOX_TABLES,
+    OutboxMessage,
+    ProcessedEvent,
+    add_to_outbox,
+    claim_new_events,
+    outbox_backlog,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -40,3 +47,47 @@ def test_a_failed_transaction_leaves_nothing_behind(engine):
         raise RuntimeError("crash between two writes")
     with transaction(engine) as session:
         assert claim_new_events(session, "reporting", ["e9"]) == {"e9"}
+
+
+def test_many_rows_go_in_in_order_with_defaults_conflicts_and_returning(engine):
+    """`insert_many` (column arrays on PostgreSQL) keeps the rows' order in the generated ids,
+    fills Python-side defaults, honours ON CONFLICT and RETURNING, and `one_of` finds them."""
+    from sqlalchemy import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from shared.db import insert_many, one_of
+
+    rows = [
+        {
+            "topic": "t",
+            "key": None if i % 7 == 0 else f"k{i}",
+            "event_id": f"e{i}",
+            "payload": bytes([i % 256]) * i,
+        }
+        for i in range(1500)
+    ]
+    with transaction(engine) as session:
+        assert insert_many(session, insert(OutboxMessage), []) is None
+        insert_many(session, insert(OutboxMessage), rows)
+        stored = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        assert [(m.key, m.event_id, m.payload) for m in stored] == [
+            (r["key"], r["event_id"], r["payload"]) for r in rows
+        ]
+        assert all(m.created_at is not None and m.sent_at is None for m in stored)
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        processed = dialect.insert(ProcessedEvent).on_conflict_do_nothing().returning(ProcessedEvent.event_id)
+        first = insert_many(
+            session, processed, [{"consumer": "c", "event_id": f"e{i}"} for i in range(0, 600, 2)]
+        )
+        assert first is not None and len(first.scalars().all()) == 300
+        again = insert_many(
+            session, processed, [{"consumer": "c", "event_id": f"e{i}"} for i in range(590, 610)]
+        )
+        assert again is not None and sorted(again.scalars()) == sorted(
+            f"e{i}" for i in range(590, 610) if i % 2 or i >= 600
+        )
+        wanted = [f"e{i}" for i in range(0, 1500, 3)] + ["absent"]
+        found = session.exec(
+            select(OutboxMessage.event_id).where(one_of(session, OutboxMessage.event_id, wanted))
+        )
+        assert sorted(found) == sorted(wanted[:-1])

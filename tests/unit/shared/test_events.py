@@ -41,3 +41,17 @@ def test_old_versions_are_upcast_when_read(monkeypatch):
     monkeypatch.setitem(UPCASTERS, ("persons.merged", 1), lambda body: {**body, "cause": "identity_rule"})
     old = b'{"event_type": "persons.merged", "schema_version": 1, "survivor_person_id": "a", "merged_person_id": "b", "cause": "review"}'
     assert parse_event(old).cause == "identity_rule"
+
+
+def test_event_ids_stay_unique_whoever_seeds_the_random_module():
+    import random
+    import uuid
+
+    from shared.events import new_event_id
+
+    random.seed(7)
+    first = [new_event_id() for _ in range(1000)]
+    random.seed(7)
+    second = [new_event_id() for _ in range(1000)]
+    assert len(set(first) | set(second)) == 2000
+    assert all(uuid.UUID(value).version == 4 for value in first)
