@@ -224,3 +224,27 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
     if session.get_bind().dialect.name != "postgresql":
         return column.in_(list(values))
     return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+
+
+def checkpoint_wal(engine: Engine, *, wait_ms: int = 2000) -> tuple[int, int, int] | None:
+    """Copy SQLite's write-ahead log into the database and truncate it (a no-op elsewhere).
+
+    SQLite's own checkpoints after each commit never wait for readers, so a busy service whose
+    writers and readers keep overlapping never gets to start its log again: the log of a
+    220,000-person programme grew to 22 GB. This one waits up to `wait_ms` for readers (holding
+    up writers for that long at most), then starts the log afresh. Returns SQLite's answer
+    (busy, log frames, frames copied); busy is 1 when a reader outlasted the wait.
+    """
+    if not is_sqlite(engine) or engine.url.database in (None, "", ":memory:"):
+        return None
+    raw = engine.raw_connection()
+    try:
+        dbapi_connection: Any = raw.dbapi_connection
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+        try:
+            busy, frames, copied = dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            dbapi_connection.execute("PRAGMA busy_timeout=60000")
+        return int(busy), int(frames), int(copied)
+    finally:
+        raw.close()

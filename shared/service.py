@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from shared.consumer import ApplyBatch, BatchConsumer
-from shared.db import create_tables, make_engine, make_reader
+from shared.db import checkpoint_wal, create_tables, is_sqlite, make_engine, make_reader
 from shared.kafka import BrokerPublisher, ensure_topics, make_broker
 from shared.logging import configure_logging, get_logger
 from shared.metrics import make_registry, metrics_endpoint, pipeline_metrics
@@ -88,6 +88,11 @@ class ServiceRuntime:
         self.metrics.outbox_backlog.set(count)
         self.metrics.outbox_oldest_seconds.set(age)
 
+    async def _checkpoint_wal(self) -> None:
+        result = await asyncio.to_thread(checkpoint_wal, self.engine)
+        if result is not None and result[0]:
+            log.info("wal_checkpoint_busy", log_frames=result[1], copied_frames=result[2])
+
     async def startup(self) -> None:
         create_tables(self.engine, self.tables)
         for job in self._prepare:
@@ -96,6 +101,8 @@ class ServiceRuntime:
         await self.broker.start()
         self.relay.start()
         self.every(5.0, self._refresh_outbox_gauges)
+        if is_sqlite(self.engine):
+            self.every(self.settings.sqlite_checkpoint_seconds, self._checkpoint_wal)
         self.started = True
         log.info("service_started", port=self.settings.service_port(self.service))
 

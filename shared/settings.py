@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # How long the group waits for a consumer that stopped answering (a killed replica's partitions
     # wait this long); within the broker's default group.min/max.session.timeout.ms.
     kafka_session_timeout_ms: int = Field(30_000, ge=6_000, le=300_000)
+    # How often each service copies SQLite's write-ahead log into its database and starts it afresh.
+    sqlite_checkpoint_seconds: float = Field(10.0, gt=0, le=3600)
     log_level: str = "INFO"
     log_format: str = "json"
 

@@ -91,3 +91,21 @@ def test_many_rows_go_in_in_order_with_defaults_conflicts_and_returning(engine):
             select(OutboxMessage.event_id).where(one_of(session, OutboxMessage.event_id, wanted))
         )
         assert sorted(found) == sorted(wanted[:-1])
+
+
+def test_the_sqlite_log_is_folded_in_and_truncated(engine):
+    from pathlib import Path
+
+    from shared.db import checkpoint_wal
+
+    if engine.dialect.name != "sqlite":
+        assert checkpoint_wal(engine) is None
+        return
+    with transaction(engine) as session:
+        claim_new_events(session, "reporting", [f"e{i}" for i in range(3000)])
+    log = Path(f"{engine.url.database}-wal")
+    assert log.stat().st_size > 0
+    assert checkpoint_wal(engine) is not None
+    assert log.stat().st_size == 0
+    with transaction(engine) as session:
+        assert claim_new_events(session, "reporting", ["e1", "new"]) == {"new"}
