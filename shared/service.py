@@ -120,7 +120,8 @@ class ServiceRuntime:
         try:
 
             def ping() -> None:
-                with self.engine.connect() as connection:
+                # Through the reader: on SQLite the writer engine would queue behind a long batch.
+                with self.reader.connect() as connection:
                     connection.execute(text("SELECT 1"))
 
             await asyncio.to_thread(ping)
