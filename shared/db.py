@@ -175,7 +175,8 @@ def insert_many(session: Session, statement: Any, rows: Sequence[Mapping[str, An
     order: one statement whose text never changes, parsed once by the driver and planned
     cheaply, instead of a multi-row VALUES list rebuilt for every batch or one statement per
     row. Columns a row leaves out get their Python-side defaults, as with executemany.
-    Elsewhere: the driver's executemany. Every row must have the same keys.
+    Elsewhere: the driver's executemany. Every row must have the same keys, and an ON CONFLICT
+    DO UPDATE must not meet one key twice in a call (PostgreSQL refuses it in one statement).
     """
     if not rows:
         return None

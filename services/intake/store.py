@@ -13,10 +13,8 @@ from typing import Any
 
 from sqlalchemy import (
     Index,
-    String,
     Text,
     UniqueConstraint,
-    any_,
     bindparam,
     func,
     insert,
@@ -206,14 +204,10 @@ def partner_refs_taken(session: Session, partner_id: str, refs: Sequence[str]) -
         return set()
     wanted = sorted(set(refs))
     column = _beneficiaries.c.partner_ref
-    if session.get_bind().dialect.name == "postgresql":
-        # One array parameter, not an IN list: within an upload's transaction the table grows by
-        # rows the planner has no statistics for, and `IN (1000 params)` then turns into a
-        # sequential scan comparing every row with every parameter (minutes for 50,000 rows).
-        # `= ANY(array)` is hashed or uses the unique index either way.
-        match = column == any_(bindparam("refs", wanted, type_=postgresql.ARRAY(String)))
-    else:
-        match = one_of(session, column, wanted)
+    # `one_of` is `= ANY(array)` on PostgreSQL: within an upload's transaction the table grows by
+    # rows the planner has no statistics for, and an `IN (1000 params)` list then turned into a
+    # sequential scan comparing every row with every parameter (minutes for 50,000 rows).
+    match = one_of(session, column, wanted)
     query = select(column).where(_beneficiaries.c.partner_id == partner_id, match)
     return set(session.execute(query).scalars())
 
