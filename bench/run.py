@@ -169,8 +169,8 @@ def latencies(settings: Settings) -> list[float]:
 
 
 def storage(settings: Settings) -> dict[str, Any]:
-    """Each service's database size once drained, and the near keys eligibility keeps (about one per
-    letter of each name): where eligibility's writes go."""
+    """Each service's database size once drained, and the near-key rows eligibility keeps (one per
+    registration that brought its person new near keys): where eligibility's writes go."""
     sizes: dict[str, float] = {}
     for service in ("intake", "eligibility", "disbursement", "reporting"):
         engine = create_engine(settings.database_url_for(service))
@@ -184,11 +184,11 @@ def storage(settings: Settings) -> dict[str, Any]:
                     path = Path(str(engine.url.database))
                     size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
                 if service == "eligibility":
-                    near = connection.execute(text("SELECT count(*) FROM eligibility_near_key")).scalar_one()
+                    near = connection.execute(text("SELECT count(*) FROM eligibility_near_set")).scalar_one()
         finally:
             engine.dispose()
         sizes[service] = round(int(size) / 1048576, 1)
-    return {"database_mib": sizes, "eligibility_near_keys": int(near)}
+    return {"database_mib": sizes, "eligibility_near_sets": int(near)}
 
 
 def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:

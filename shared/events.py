@@ -63,10 +63,15 @@ class Event(BaseModel):
 
 
 class BeneficiaryRegistered(Event):
-    """An accepted batch row, as eligibility needs it: keyed hashes, no raw personal data."""
+    """An accepted batch row, as eligibility needs it: keyed hashes, no raw personal data.
+
+    Version 2 added `block_key` (nationality and date of birth) and cut near keys to 16 hex
+    digits: eligibility looks for near misses among the rows of the same block. A version 1 row
+    has no block (`None`) and is not compared for near misses.
+    """
 
     event_type: ClassVar[str] = "beneficiary.registered"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     row_id: str
     batch_id: str
@@ -74,7 +79,8 @@ class BeneficiaryRegistered(Event):
     partner_name: str
     document_key: str | None
     name_key: str
-    near_keys: list[str]
+    block_key: str | None = Field(min_length=1, max_length=64)
+    near_keys: list[str] = Field(max_length=512)
     sex: Sex
     age_years: int = Field(ge=0, le=120)
     nationality: str = Field(pattern=r"^[A-Z]{3}$")
@@ -188,8 +194,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 
+
+def _registered_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 row carries no block: its date of birth never left intake, so none can be made."""
+    return {**body, "block_key": None}
+
+
 # (event_type, old version) → function turning that version's body into the next version's.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("beneficiary.registered", 1): _registered_v1_to_v2,
+}
 
 
 class PoisonMessage(ValueError):

@@ -68,9 +68,12 @@ def fingerprint(event: BeneficiaryRegistered) -> str:
     """A digest of what the decision depends on, to tell a redelivered row from a modified one.
 
     The sealed payout account is left out: sealing is randomised, so the same account sealed
-    twice differs.
+    twice differs. So is the block key, which version 1 rows lack: a row decided from version 1
+    and delivered again after the upgrade keeps its fingerprint.
     """
-    body = event.model_dump(mode="json", exclude={"event_id", "occurred_at", "payout_account_sealed"})
+    body = event.model_dump(
+        mode="json", exclude={"event_id", "occurred_at", "payout_account_sealed", "block_key"}
+    )
     body["near_keys"] = sorted(body["near_keys"])
     body["vulnerabilities"] = sorted(body["vulnerabilities"])
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -107,7 +110,7 @@ def decide_registrations(
         session,
         row_ids=[r.row_id for r in rows],
         identity_keys=[key for r in rows for key in (r.document_key, r.name_key) if key],
-        near_keys=[key for r in rows for key in r.near_keys],
+        block_keys=[r.block_key for r in rows if r.block_key],
         countries=[r.country for r in rows if r.assistance == context.policy.cash_assistance],
         cycle=context.cycle,
     )
@@ -215,10 +218,18 @@ class _Batch:
         )  # fmt: skip
 
     def _flag_near_misses(self, event: BeneficiaryRegistered, person_id: str) -> None:
+        """Flag other persons of the row's block sharing a near key with it, then file its keys.
+
+        A version 1 row has no block: it is neither compared nor filed.
+        """
+        if event.block_key is None:
+            return
+        block = self.snapshot.near.setdefault(event.block_key, {})
+        near_keys = list(dict.fromkeys(event.near_keys))
         matches = [
             domain.NearMatch(self.find(other), row_id)
-            for near_key in event.near_keys
-            for other, row_id in self.snapshot.near.get(near_key, ())
+            for near_key in near_keys
+            for other, row_id in block.get(near_key, ())
         ]
         reviewed: set[str] = set()
         for side_a, side_b in self.snapshot.reviewed_pairs:
@@ -249,11 +260,25 @@ class _Batch:
                 row_id=event.row_id,
                 other_row_id=match.row_id,
             )
-        for near_key in dict.fromkeys(event.near_keys):
-            self.snapshot.near.setdefault(near_key, []).append((person_id, event.row_id))
-            self.changes.near_keys.append(
-                {"near_key": near_key, "person_id": person_id, "row_id": event.row_id}
-            )
+        # Keys the person already holds in this block add nothing: the same name registered again
+        # (the usual duplicate) writes no near-key row.
+        new_keys = [
+            near_key
+            for near_key in near_keys
+            if all(self.find(other) != person_id for other, _ in block.get(near_key, ()))
+        ]
+        if not new_keys:
+            return
+        for near_key in new_keys:
+            block.setdefault(near_key, []).append((person_id, event.row_id))
+        self.changes.near_sets.append(
+            {
+                "block_key": event.block_key,
+                "row_id": event.row_id,
+                "person_id": person_id,
+                "near_keys": " ".join(new_keys),
+            }
+        )
 
     def _evaluate(self, event: BeneficiaryRegistered, person_id: str) -> domain.Verdict:
         policy, cycle = self.context.policy, self.context.cycle

@@ -60,15 +60,22 @@ class IdentityKey(SQLModel, table=True):
     row_id: str = Field(max_length=64)
 
 
-class NearKey(SQLModel, table=True):
-    """Near-miss keys (deletion neighbourhood hashes) → persons and the row that carried them first."""
+class NearSet(SQLModel, table=True):
+    """The near-miss keys a row brought to its person, filed under the row's block.
 
-    __tablename__ = "eligibility_near_key"
+    A block is one nationality and date of birth (a keyed hash); near misses are only ever
+    looked for inside one, so a row reads its block's few rows and compares their keys in
+    memory. One row here per registration that brought new keys, instead of an index entry per
+    key: a dozen fewer random writes per row.
+    """
+
+    __tablename__ = "eligibility_near_set"
     __table_args__ = (WITHOUT_ROWID,)
 
-    near_key: str = Field(primary_key=True, max_length=64)
-    person_id: str = Field(primary_key=True, max_length=40)
-    row_id: str = Field(max_length=64)
+    block_key: str = Field(primary_key=True, max_length=64)
+    row_id: str = Field(primary_key=True, max_length=64)
+    person_id: str = Field(max_length=40)
+    near_keys: str  # space-separated
 
 
 class Approval(SQLModel, table=True):
@@ -175,7 +182,7 @@ class ReviewDecision(SQLModel, table=True):
 
 TABLES: list[Table] = [
     model.__table__  # type: ignore[union-attr]
-    for model in (Person, IdentityKey, NearKey, Approval, RowDecision, Budget, Merge, Review, ReviewDecision)
+    for model in (Person, IdentityKey, NearSet, Approval, RowDecision, Budget, Merge, Review, ReviewDecision)
 ]
 
 
@@ -196,11 +203,6 @@ def _insert_rows(
     insert_many(session, statement, rows)
 
 
-def _insert_near_keys(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Near keys come a dozen or more per row; a key already held by the same row is kept."""
-    _insert_rows(session, NearKey.__table__, rows, ignore_duplicates=True)  # type: ignore[attr-defined]
-
-
 def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -218,7 +220,9 @@ class Snapshot:
 
     decided: dict[str, str] = field(default_factory=dict)  # row_id → fingerprint
     key_owners: dict[str, str] = field(default_factory=dict)  # identity key → person
-    near: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # near key → [(person, row_id)]
+    near: dict[str, dict[str, list[tuple[str, str]]]] = field(
+        default_factory=dict
+    )  # block → near key → [(person, row_id)]
     created_order: dict[str, int] = field(default_factory=dict)  # person → creation order
     approvals: dict[str, dict[str, tuple[int, str]]] = field(
         default_factory=dict
@@ -232,7 +236,7 @@ def load_snapshot(
     *,
     row_ids: Sequence[str],
     identity_keys: Sequence[str],
-    near_keys: Sequence[str],
+    block_keys: Sequence[str],
     countries: Sequence[str],
     cycle: str,
 ) -> Snapshot:
@@ -253,17 +257,19 @@ def load_snapshot(
                 .where(one_of(session, IdentityKey.key, chunk))  # type: ignore[attr-defined]
             ).all()
         )
-    for chunk in _chunks(sorted(set(near_keys))):
+    near_persons: set[str] = set()
+    for chunk in _chunks(sorted(set(block_keys))):
         rows = session.execute(
-            select(NearKey.near_key, Person.survivor_id, NearKey.row_id)  # type: ignore[call-overload]
-            .join(Person, Person.person_id == NearKey.person_id)
-            .where(one_of(session, NearKey.near_key, chunk))  # type: ignore[attr-defined]
+            select(NearSet.block_key, NearSet.near_keys, Person.survivor_id, NearSet.row_id)  # type: ignore[call-overload]
+            .join(Person, Person.person_id == NearSet.person_id)
+            .where(one_of(session, NearSet.block_key, chunk))  # type: ignore[attr-defined]
         ).all()
-        for near_key, survivor, row_id in rows:
-            snapshot.near.setdefault(near_key, []).append((survivor, row_id))
-    persons = sorted(
-        set(snapshot.key_owners.values()) | {p for found in snapshot.near.values() for p, _ in found}
-    )
+        for block_key, keys, survivor, row_id in rows:
+            block = snapshot.near.setdefault(block_key, {})
+            for near_key in keys.split():
+                block.setdefault(near_key, []).append((survivor, row_id))
+            near_persons.add(survivor)
+    persons = sorted(set(snapshot.key_owners.values()) | near_persons)
     member = aliased(Person)
     side_a = aliased(Person)
     side_b = aliased(Person)
@@ -315,7 +321,7 @@ class BatchChanges:
 
     persons: list[dict[str, Any]] = field(default_factory=list)
     identity_keys: list[dict[str, Any]] = field(default_factory=list)
-    near_keys: list[dict[str, Any]] = field(default_factory=list)
+    near_sets: list[dict[str, Any]] = field(default_factory=list)
     merges: list[dict[str, Any]] = field(default_factory=list)  # in the order they happened
     approvals: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -341,12 +347,12 @@ def save_changes(
     for model, rows in (
         (Person, changes.persons),
         (IdentityKey, changes.identity_keys),
+        (NearSet, changes.near_sets),
         (Approval, changes.approvals),
         (RowDecision, changes.decisions),
         (Review, changes.reviews),
     ):
         _insert_rows(session, model.__table__, rows)  # type: ignore[union-attr]
-    _insert_near_keys(session, changes.near_keys)
     survivors: list[str] = []
     for merge in changes.merges:
         merge_persons(session, now=now, **merge)

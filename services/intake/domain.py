@@ -525,6 +525,7 @@ def registration_event(
         partner_name=partner_name,
         document_key=keys.document_key,
         name_key=keys.name_key,
+        block_key=keys.block_key,
         near_keys=list(keys.near_keys),
         sex=row.sex,
         age_years=row.age_years,

@@ -23,6 +23,7 @@ def registered(index: int) -> BeneficiaryRegistered:
         partner_name="Partner One",
         document_key=None,
         name_key=f"k{index}",
+        block_key=f"b{index}",
         near_keys=[f"n{index}"],
         sex="F",
         age_years=30,

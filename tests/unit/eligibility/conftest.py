@@ -125,6 +125,7 @@ def row() -> Callable[..., BeneficiaryRegistered]:
             "partner_name": f"Partner {partner.upper()}",
             "document_key": keys.document_key,
             "name_key": keys.name_key,
+            "block_key": keys.block_key,
             "near_keys": list(keys.near_keys),
             "sex": "F",
             "age_years": 35,

@@ -88,6 +88,63 @@ def test_another_birth_date_is_not_a_near_miss(harness, row):
     assert open_reviews(harness) == []
 
 
+def near_sets(harness) -> dict[str, list[str]]:
+    with transaction(harness.engine) as session:
+        return {
+            stored.row_id: stored.near_keys.split() for stored in session.exec(select(store.NearSet)).all()
+        }
+
+
+def test_near_keys_are_filed_once_per_person_and_block_and_compared_across_batches(harness, row):
+    passport = {"id_type": "passport", "id_number": "B7654321", "nationality": "IDN"}
+    first = row("Siti", "Rahmah", partner="p1", **passport)
+    harness.apply(first)
+    assert list(near_sets(harness)) == [first.row_id]
+    assert sorted(near_sets(harness)[first.row_id]) == sorted(set(first.near_keys))
+    # The same person and spelling again (another partner): nothing new to file.
+    again = row("SITI", "RAHMAH", partner="p2", **passport)
+    harness.apply(again)
+    assert list(near_sets(harness)) == [first.row_id]
+    # The same person under another spelling files only the keys it brought.
+    respelt = row("Siti", "Rahmat", partner="p3", **passport)
+    out = decisions(harness.apply(respelt))
+    assert out[0].decision == "duplicate"
+    filed = near_sets(harness)
+    assert set(filed[respelt.row_id]) == set(respelt.near_keys) - set(first.near_keys)
+    assert filed[respelt.row_id]  # "Rahmat" has deletions "Rahmah" lacks
+    assert open_reviews(harness) == []  # its own spellings never flag a person
+    # Another person one edit from the second spelling only, in a later batch: flagged against it.
+    other = row("Sitti", "Rahmat", nationality="IDN", partner="p4")
+    assert not set(other.near_keys) & set(first.near_keys)
+    harness.apply(other)
+    [review] = open_reviews(harness)
+    assert review["row_ids"] == [respelt.row_id, other.row_id]
+
+
+def test_a_version_1_row_is_decided_with_its_old_fingerprint_and_no_near_miss_search(harness, row):
+    from services.eligibility.handlers import fingerprint
+    from shared.events import BeneficiaryRegistered, parse_event
+
+    current = row("Siti", "Rahmah", nationality="IDN")
+    old_body = current.envelope()
+    old_body["schema_version"] = 1
+    del old_body["block_key"]
+    old = parse_event(old_body)
+    assert isinstance(old, BeneficiaryRegistered) and old.block_key is None
+    assert fingerprint(old) == fingerprint(current)  # a redelivery after the upgrade is the same row
+    out = decisions(harness.apply(old))
+    assert [d.decision for d in out] == ["eligible"]
+    assert near_sets(harness) == {}
+    # The same row published again in version 2 (a new event id): seen before, not a conflict.
+    assert decisions(harness.apply(current.model_copy(update={"event_id": "republished-1"}))) == []
+    assert harness.metric("relief_eligibility_rows_seen_again_total") == 1
+    # A block-less row is not filed, so a near miss arriving later is not compared with it.
+    assert [d.decision for d in decisions(harness.apply(row("Siti", "Rahma", nationality="IDN")))] == [
+        "eligible"
+    ]
+    assert open_reviews(harness) == []
+
+
 def test_transitive_passport_then_permit_by_name_then_permit_only_is_one_person(harness, row):
     passport = row(
         "Maria", "Santos", nationality="PHL", id_type="passport", id_number="P7654321", partner="p1"

@@ -55,3 +55,22 @@ def test_event_ids_stay_unique_whoever_seeds_the_random_module():
     second = [new_event_id() for _ in range(1000)]
     assert len(set(first) | set(second)) == 2000
     assert all(uuid.UUID(value).version == 4 for value in first)
+
+
+def test_a_version_1_registration_is_read_as_version_2_without_a_block():
+    from shared.events import BeneficiaryRegistered
+
+    old = {
+        "event_type": "beneficiary.registered", "schema_version": 1, "row_id": "r1", "batch_id": "b1",
+        "partner_id": "p1", "partner_name": "P", "document_key": None, "name_key": "k" * 64,
+        "near_keys": ["n" * 64], "sex": "F", "age_years": 30, "nationality": "VNM", "country": "MY",
+        "household_size": 2, "vulnerabilities": [], "assistance": "food_kit", "payout_method": None,
+        "payout_account_sealed": None, "registered_on": "2026-01-20",
+    }  # fmt: skip
+    event = parse_event(old)
+    assert isinstance(event, BeneficiaryRegistered)
+    assert event.block_key is None and event.near_keys == ["n" * 64]
+    assert event.envelope()["schema_version"] == 2
+    body = {**old, "schema_version": 2}
+    with pytest.raises(PoisonMessage, match="block_key"):
+        parse_event(body)  # version 2 must say which block, even if none
