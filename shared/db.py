@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Column, Table, any_, bindparam, create_engine, event, func, select, text
+from sqlalchemy import Column, Table, any_, bindparam, create_engine, event, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine, Result, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -201,6 +201,45 @@ def insert_many(session: Session, statement: Any, rows: Sequence[Mapping[str, An
     rows_in_order = select(*[source.c[column.name] for column in columns]).order_by(source.c.many_ordinal)
     return session.execute(
         statement.from_select([column.name for column in columns], rows_in_order, include_defaults=False)
+    )
+
+
+def update_many(session: Session, table: Table, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Set each row's columns by its `key` column, for many rows at once.
+
+    Every row has `key` and the same other keys (the columns to set). When one key comes twice,
+    the later row holds, as statement-per-row would leave it. On PostgreSQL one statement:
+    `UPDATE … FROM unnest(arrays) WHERE key = …`, whose text never changes; elsewhere the
+    driver's executemany.
+    """
+    if not rows:
+        return
+    latest = list({row[key]: row for row in rows}.values())
+    columns = [name for name in latest[0] if name != key]
+    if session.get_bind().dialect.name != "postgresql":
+        statement = (
+            update(table)
+            .where(table.c[key] == bindparam("where_key"))
+            .values({name: bindparam(f"set_{name}") for name in columns})
+        )
+        session.execute(
+            statement,
+            [{"where_key": row[key], **{f"set_{name}": row[name] for name in columns}} for row in latest],
+        )
+        return
+    names = [key, *columns]
+    source = (
+        func.unnest(
+            *[
+                bindparam(f"many_{index}", [row[name] for row in latest], type_=ARRAY(table.c[name].type))
+                for index, name in enumerate(names)
+            ]
+        )
+        .table_valued(*names)
+        .render_derived(name="many")
+    )
+    session.execute(
+        update(table).where(table.c[key] == source.c[key]).values({name: source.c[name] for name in columns})
     )
 
 

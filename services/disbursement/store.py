@@ -21,7 +21,6 @@ from sqlalchemy import (
     Integer,
     Text,
     UniqueConstraint,
-    bindparam,
     case,
     func,
     insert,
@@ -33,7 +32,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel
 
 from services.disbursement.domain import LIVE, PAID, PENDING_APPROVAL, REVERSED, LedgerPosition
-from shared.db import WITHOUT_ROWID, insert_many, one_of
+from shared.db import WITHOUT_ROWID, insert_many, one_of, update_many
 
 CHUNK = 500
 
@@ -340,17 +339,7 @@ def pending_approval(
 
 def update_payments(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     """Bulk update by reference; every dict has `payment_ref` and the same other keys."""
-    if not changes:
-        return
-    columns = [key for key in changes[0] if key != "payment_ref"]
-    statement = (
-        update(PAYMENT)
-        .where(PAYMENT.c.payment_ref == bindparam("ref_"))
-        .values({column: bindparam(f"{column}_") for column in columns})
-    )
-    params = [{"ref_": change["payment_ref"], **{f"{c}_": change[c] for c in columns}} for change in changes]
-    for chunk in _chunks(params):
-        session.execute(statement, list(chunk))
+    update_many(session, PAYMENT, "payment_ref", changes)
 
 
 def advance_payments(

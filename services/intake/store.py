@@ -15,18 +15,16 @@ from sqlalchemy import (
     Index,
     Text,
     UniqueConstraint,
-    bindparam,
     func,
     insert,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.intake.domain import RowError
-from shared.db import WITHOUT_ROWID, insert_many, one_of, transaction
+from shared.db import WITHOUT_ROWID, insert_many, one_of, transaction, update_many
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -418,10 +416,12 @@ def _advance_rows(
         current[item["row_id"]] = (batch_id, new_decision, assistance, new_status, item[columns[version]])
         changed.append(item)
     _count(session, deltas)
-    if changed:
-        statement = (
-            update(_beneficiaries)
-            .where(_beneficiaries.c.row_id == bindparam("b_row_id"))
-            .values({column: bindparam(f"b_{key}") for column, key in columns.items()})
-        )
-        session.execute(statement, [{f"b_{key}": value for key, value in item.items()} for item in changed])
+    update_many(
+        session,
+        _beneficiaries,
+        "row_id",
+        [
+            {"row_id": item["row_id"], **{column: item[key] for column, key in columns.items()}}
+            for item in changed
+        ],
+    )

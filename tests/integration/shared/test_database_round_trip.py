@@ -93,6 +93,50 @@ def test_many_rows_go_in_in_order_with_defaults_conflicts_and_returning(engine):
         assert sorted(found) == sorted(wanted[:-1])
 
 
+def test_many_rows_are_updated_by_key_and_a_repeated_key_keeps_its_last_values(engine):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from shared.db import insert_many, update_many
+
+    table = OutboxMessage.__table__
+    with transaction(engine) as session:
+        insert_many(
+            session,
+            insert(OutboxMessage),
+            [{"topic": "t", "key": f"k{i}", "event_id": f"e{i}", "payload": b"x"} for i in range(1200)],
+        )
+        update_many(session, table, "event_id", [])
+        sent = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        changes = [
+            {
+                "event_id": f"e{i}",
+                "key": None if i % 5 == 0 else f"new{i}",
+                "sent_at": sent + timedelta(seconds=i),
+            }
+            for i in range(0, 1200, 2)
+        ]
+        changes.append({"event_id": "e4", "key": "last", "sent_at": sent})  # e4 again: the later row holds
+        changes.append({"event_id": "absent", "key": "none", "sent_at": sent})  # no such row: nothing
+        update_many(session, table, "event_id", changes)
+    with transaction(engine) as session:
+        stored = {m.event_id: m for m in session.exec(select(OutboxMessage)).all()}
+    assert len(stored) == 1200
+    for i in range(1200):
+        message = stored[f"e{i}"]
+        if i == 4:
+            assert (message.key, message.sent_at.replace(tzinfo=UTC)) == ("last", sent)
+        elif i % 2 == 0:
+            expected = None if i % 5 == 0 else f"new{i}"
+            assert (message.key, message.sent_at.replace(tzinfo=UTC)) == (
+                expected,
+                sent + timedelta(seconds=i),
+            )
+        else:
+            assert (message.key, message.sent_at) == (f"k{i}", None)
+
+
 def test_the_sqlite_log_is_folded_in_and_truncated(engine):
     from pathlib import Path
 
