@@ -128,8 +128,8 @@ def apply_changes(session: Session, changes: Sequence[Change], *, now: datetime,
     for (status, reason, due_at, increment), refs in groups.items():
         store.advance_payments(
             session, refs, status=status, reason=reason, due_at=due_at, attempts_increment=increment, now=now,
-            provider_refs=provider_refs,
         )  # fmt: skip
+    store.set_provider_refs(session, provider_refs)
     store.add_ledger_entries(session, entries)
     add_to_outbox(session, messages)
     return applied

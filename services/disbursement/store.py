@@ -8,7 +8,7 @@ and is touched only by the simulated provider.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -21,7 +21,6 @@ from sqlalchemy import (
     Integer,
     Text,
     UniqueConstraint,
-    case,
     func,
     insert,
     select,
@@ -344,7 +343,7 @@ def update_payments(session: Session, changes: Sequence[dict[str, Any]]) -> None
 
 def advance_payments(
     session: Session, refs: Sequence[str], *, status: str, reason: str | None, due_at: datetime | None,
-    attempts_increment: int, now: datetime, provider_refs: dict[str, str] | None = None,
+    attempts_increment: int, now: datetime,
 ) -> None:  # fmt: skip
     """One transition for many payments in one statement: status set, sequence and attempts moved on.
 
@@ -357,12 +356,17 @@ def advance_payments(
     if attempts_increment:
         values["attempts"] = PAYMENT.c.attempts + attempts_increment
     for chunk in _chunks(list(refs)):
-        known = {ref: provider_refs[ref] for ref in chunk if provider_refs and ref in provider_refs}
-        if known:  # the provider's references, row by row, still in one statement
-            values["provider_ref"] = case(known, value=PAYMENT.c.payment_ref, else_=PAYMENT.c.provider_ref)
-        else:
-            values.pop("provider_ref", None)
         session.execute(update(PAYMENT).where(one_of(session, PAYMENT.c.payment_ref, chunk)).values(values))
+
+
+def set_provider_refs(session: Session, provider_refs: Mapping[str, str]) -> None:
+    """Record the provider's reference of each payment (payment_ref → provider_ref)."""
+    update_many(
+        session,
+        PAYMENT,
+        "payment_ref",
+        [{"payment_ref": ref, "provider_ref": p} for ref, p in provider_refs.items()],
+    )
 
 
 def add_ledger_entries(session: Session, entries: Sequence[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 
 from services.disbursement import handlers, store
 from services.disbursement.domain import DomainError, StatementLine
@@ -102,6 +103,11 @@ async def test_a_provider_failing_30_percent_of_the_time_still_pays_everyone_exa
     transfers = provider_transfers(engine)
     assert len(transfers) == 200 and set(transfers.values()) == {1}
     assert provider.lost_replies > 0  # some transfers executed while the caller saw an error
+    # Each payment holds the reference the provider gave its one transfer (also after a lost reply).
+    with transaction(engine) as session:
+        table = store.PROVIDER_TRANSFER
+        given = dict(session.execute(select(table.c.idempotency_key, table.c.provider_ref)).all())
+    assert {p.payment_ref: p.provider_ref for p in payments(engine)} == given
     assert sample(metrics, "relief_provider_retries_total") > 0
     # Each payment's history is pending → sent → paid, numbered 1, 2, 3, whatever the retries.
     histories: dict[str, list[tuple[str, int]]] = {}
