@@ -209,7 +209,13 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     top.set_ylabel("rows final / s")
     top.set_title(title)
     top.grid(alpha=0.3)
-    bottom.plot(times, [s["lag"] for s in samples], color="#d1242f")
+    bottom.plot(times, [s["lag"] for s in samples], color="#d1242f", label="all")
+    # Where the records wait: the stage whose lag grows is the one holding the pipeline back.
+    for name in sorted({name for s in samples for name in s.get("lag_by_group", {})}):
+        bottom.plot(
+            times, [s.get("lag_by_group", {}).get(name, 0) for s in samples], linewidth=0.9, label=name
+        )
+    bottom.legend(fontsize=7, loc="upper left")
     bottom.set_ylabel("consumer lag (records)")
     bottom.set_xlabel("seconds since first upload")
     bottom.grid(alpha=0.3)
@@ -347,6 +353,11 @@ def main() -> None:
                     "p99": percentile(seconds, 0.99),
                 },
                 "peak_rss_mib": dict(sorted(sampler.peak_rss.items())),
+                # The deepest backlog each consumer group had: the stage records waited for most.
+                "peak_lag_by_group": {
+                    name: max(s.get("lag_by_group", {}).get(name, 0) for s in sampler.samples)
+                    for name in sorted({name for s in sampler.samples for name in s.get("lag_by_group", {})})
+                },
                 # CPU seconds each process used from the first upload to drained: where the time goes.
                 "cpu_seconds": dict(sorted(sampler.cpu_seconds.items())),
                 "beneficiaries_reached": reach["beneficiaries_reached"],
