@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
@@ -38,6 +39,7 @@ def in_transaction(
 def create_app(settings: Settings) -> FastAPI:
     runtime = ServiceRuntime("reporting", settings, store.TABLES)
     state = ReportingState(settings, runtime.engine)
+    runtime.prepare(partial(store.count_reach_if_missing, runtime.engine))
     runtime.consume(ELIGIBILITY_DECIDED, in_transaction(runtime.engine, handlers.apply_decisions))
     runtime.consume(DISBURSEMENT_PAYMENTS, in_transaction(runtime.engine, handlers.apply_payments))
     runtime.registry.register(ReportingCollector(state))

@@ -4,12 +4,15 @@ Facts are kept in a form whose final state does not depend on arrival order: the
 decision per row (greatest version wins), the newest state per payment (highest sequence wins),
 the set of person merges and the set of overpayments. From them the store keeps one summary per
 reached person (`domain.summarise_person`), refreshed in the same transaction for exactly the
-persons a batch touched. Reach is then a handful of indexed aggregates over those summaries, a
-few tens of milliseconds on a programme of 220,000 rows.
+persons a batch touched, and with them the number of persons per figure and group (`reach_count`),
+moved by the difference between the old summaries and the new. Reach then reads those counts and
+two indexed aggregates (paid amounts, duplicate rows): the summaries of a 220,000-person programme
+took 0.6 s to aggregate on PostgreSQL, every 5 s, for the metrics and dashboard alone.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -137,6 +140,23 @@ class ReachedPersonGroup(SQLModel, table=True):
     person_id: str = Field(primary_key=True, max_length=64)
 
 
+class ReachCount(SQLModel, table=True):
+    """Persons (and their people) per figure and group, kept as reached persons' summaries change.
+
+    `figure` is `total` (group ""), `sex`, `age_band` or a breakdown (`country`, `partner`,
+    `assistance`). Moved in the transaction that replaces the summaries, by the difference between
+    the old ones and the new, so reading reach never scans the summaries.
+    """
+
+    __tablename__ = "reach_count"
+    __table_args__ = (WITHOUT_ROWID,)
+
+    figure: str = Field(primary_key=True, max_length=16)
+    grp: str = Field(primary_key=True, max_length=200)
+    persons: int = Field(sa_column=Column(BigInteger, nullable=False))
+    people: int = Field(sa_column=Column(BigInteger, nullable=False))  # household members: the total only
+
+
 class Overpayment(SQLModel, table=True):
     __tablename__ = "reach_overpayment"
 
@@ -157,7 +177,8 @@ ROOTS = _table(PersonRoot)
 PERSONS = _table(ReachedPerson)
 GROUPS = _table(ReachedPersonGroup)
 OVERPAYMENTS = _table(Overpayment)
-TABLES = [ROWS, PAYMENTS, MERGES, ROOTS, PERSONS, GROUPS, OVERPAYMENTS]
+COUNTS = _table(ReachCount)
+TABLES = [ROWS, PAYMENTS, MERGES, ROOTS, PERSONS, GROUPS, OVERPAYMENTS, COUNTS]
 
 
 def _chunks(values: Collection[str]) -> Iterator[list[str]]:
@@ -399,7 +420,18 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
             delivered.setdefault(members[row.person_id], []).append(row)
 
     stale = set(touched) | roots
+    counts = Counter[tuple[str, str, str]]()  # (figure, group, persons | people) → change
     for chunk in _chunks(stale):
+        for person in session.execute(
+            select(PERSONS.c.household_size, PERSONS.c.sex, PERSONS.c.age_band).where(
+                one_of(session, PERSONS.c.person_id, chunk)
+            )
+        ):
+            _count_person(counts, person.household_size, person.sex, person.age_band, -1)
+        for breakdown, group in session.execute(
+            select(GROUPS.c.breakdown, GROUPS.c.grp).where(one_of(session, GROUPS.c.person_id, chunk))
+        ):
+            counts[(breakdown, group, "persons")] -= 1
         session.execute(delete(GROUPS).where(one_of(session, GROUPS.c.person_id, chunk)))
         session.execute(delete(PERSONS).where(one_of(session, PERSONS.c.person_id, chunk)))
     persons: list[dict[str, Any]] = []
@@ -427,6 +459,64 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
             )
     insert_many(session, insert(PERSONS), persons)
     insert_many(session, insert(GROUPS), groups)
+    for person in persons:
+        _count_person(counts, person["household_size"], person["sex"], person["age_band"], 1)
+    for group in groups:
+        counts[(group["breakdown"], group["grp"], "persons")] += 1
+    _move_counts(session, counts)
+
+
+def _count_person(
+    counts: Counter[tuple[str, str, str]], household_size: int, sex: str, age_band: str, sign: int
+) -> None:
+    counts[("total", "", "persons")] += sign
+    counts[("total", "", "people")] += sign * household_size
+    counts[("sex", sex, "persons")] += sign
+    counts[("age_band", age_band, "persons")] += sign
+
+
+def _move_counts(session: Session, counts: Counter[tuple[str, str, str]]) -> None:
+    """Add each change to its stored count (one key once per statement, as an upsert needs)."""
+    moves: dict[tuple[str, str], dict[str, Any]] = {}
+    for (figure, group, measure), change in counts.items():
+        if change:
+            moves.setdefault((figure, group), {"figure": figure, "grp": group, "persons": 0, "people": 0})[
+                measure
+            ] += change
+    if not moves:
+        return
+    statement = _insert(session, COUNTS)
+    statement = statement.on_conflict_do_update(
+        index_elements=["figure", "grp"],
+        set_={
+            "persons": COUNTS.c.persons + statement.excluded.persons,
+            "people": COUNTS.c.people + statement.excluded.people,
+        },
+    )
+    insert_many(session, statement, [moves[key] for key in sorted(moves)])
+
+
+def count_reach_if_missing(engine: Engine) -> bool:
+    """Fill the counts from the stored summaries, for a database written before counts were kept.
+
+    Returns whether it did. Runs before the service consumes, so nothing moves under it.
+    """
+    with Session(engine) as session, session.begin():
+        if session.execute(select(COUNTS.c.figure).limit(1)).first() is not None:
+            return False
+        if session.execute(select(PERSONS.c.person_id).limit(1)).first() is None:
+            return False
+        counts = Counter[tuple[str, str, str]]()
+        for household_size, sex, age_band in session.execute(
+            select(PERSONS.c.household_size, PERSONS.c.sex, PERSONS.c.age_band)
+        ):
+            _count_person(counts, household_size, sex, age_band, 1)
+        for breakdown, group, members in session.execute(
+            select(GROUPS.c.breakdown, GROUPS.c.grp, func.count()).group_by(GROUPS.c.breakdown, GROUPS.c.grp)
+        ):
+            counts[(breakdown, group, "persons")] += members
+        _move_counts(session, counts)
+    return True
 
 
 # ---- reads ------------------------------------------------------------------------------------
@@ -443,24 +533,17 @@ _BREAKDOWN_OF_GROUP = {"country": "by_country", "partner": "by_partner", "assist
 
 def query_reach(session: Session) -> Reach:
     """Reach as SPEC §6 defines it (`domain.compute_reach` is the reference this must equal)."""
-    persons, people = session.execute(
-        select(func.count(), func.coalesce(func.sum(PERSONS.c.household_size), 0))
-    ).one()
-    by_sex = {
-        sex: int(count)
-        for sex, count in session.execute(select(PERSONS.c.sex, func.count()).group_by(PERSONS.c.sex))
-    }
-    by_age_band = {
-        band: int(count)
-        for band, count in session.execute(
-            select(PERSONS.c.age_band, func.count()).group_by(PERSONS.c.age_band)
-        )
-    }
-    groups: dict[str, dict[str, int]] = {breakdown: {} for breakdown in _BREAKDOWN_OF_GROUP.values()}
-    for breakdown, group, count in session.execute(
-        select(GROUPS.c.breakdown, GROUPS.c.grp, func.count()).group_by(GROUPS.c.breakdown, GROUPS.c.grp)
+    kept: dict[str, dict[str, tuple[int, int]]] = {}
+    for figure, group, persons_in, people_in in session.execute(
+        select(COUNTS.c.figure, COUNTS.c.grp, COUNTS.c.persons, COUNTS.c.people).where(COUNTS.c.persons > 0)
     ):
-        groups[_BREAKDOWN_OF_GROUP[breakdown]][group] = int(count)
+        kept.setdefault(figure, {})[group] = (int(persons_in), int(people_in))
+    persons, people = kept.get("total", {}).get("", (0, 0))
+    by_sex = {sex: count for sex, (count, _) in kept.get("sex", {}).items()}
+    by_age_band = {band: count for band, (count, _) in kept.get("age_band", {}).items()}
+    groups: dict[str, dict[str, int]] = {}
+    for breakdown, named in _BREAKDOWN_OF_GROUP.items():
+        groups[named] = {group: count for group, (count, _) in kept.get(breakdown, {}).items()}
     disbursed = {
         currency: Disbursed(int(amount), int(count))
         for currency, amount, count in session.execute(
