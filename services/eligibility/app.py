@@ -29,7 +29,9 @@ def create_app(settings: Settings, *, authenticator: Authenticator | None = None
         budget_ceilings=dict(settings.budget_ceilings),
         decided_topic=settings.topic(ELIGIBILITY_DECIDED.name),
     )
-    eligibility = Eligibility(runtime.engine, context, EligibilityMetrics(runtime.registry))
+    eligibility = Eligibility(
+        runtime.engine, context, EligibilityMetrics(runtime.registry), reader=runtime.reader
+    )
     runtime.consume(BENEFICIARY_REGISTERED, eligibility.apply)
     router = build_router(
         eligibility,

@@ -571,8 +571,10 @@ class Eligibility:
         metrics: EligibilityMetrics,
         *,
         clock: Callable[[], datetime] = utc_now,
+        reader: Engine | None = None,
     ) -> None:
         self.engine = engine
+        self.reader = reader or engine  # for the gauges, read after each batch outside its lock
         self.context = context
         self.metrics = metrics
         self.clock = clock
@@ -587,6 +589,9 @@ class Eligibility:
             serialise_writers(session, IDENTITY_LOCK)
             outcome = decide_registrations(session, registrations, self.context, self.clock())
             add_to_outbox(session, outcome.messages)
+        # Counted after the commit: the writers' lock is held by one replica at a time, and a
+        # count over every person (a scan) is no work to hold the other replicas up with.
+        with Session(self.reader) as session:
             persons = store.count_persons(session)
             reviews_open = store.count_open_reviews(session)
         for (decision, reason), count in outcome.decisions.items():
