@@ -35,6 +35,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_service_ports(count: int, replicas: int = 4) -> list[int]:
+    """`count` service ports whose replica ports (port + n × 100, as the stack gives them) are all
+    different from each other and free now: two draws of port 0 can land 100 apart, and a second
+    replica would then take another service's port."""
+    from relief_cli.stack import REPLICA_PORT_STEP
+
+    for _ in range(50):
+        ports = [free_port() for _ in range(count)]
+        taken = [port + n * REPLICA_PORT_STEP for port in ports for n in range(replicas)]
+        if len(set(taken)) == len(taken) and all(_bindable(port) for port in taken):
+            return ports
+    raise RuntimeError("no free set of service ports")
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+
+
 def free_port_pair() -> int:
     """A port whose successor is free too (the local broker's controller listens on port + 1)."""
     for _ in range(50):
@@ -90,10 +113,13 @@ def make_settings(kafka: LocalKafka, tmp_path: Path, test_id: str) -> Callable[.
             "kafka_bootstrap_servers": kafka.bootstrap_servers,
             "topic_prefix": f"t{test_id}.",
             "identity_secret": TEST_SECRET,
-            "intake_port": free_port(),
-            "eligibility_port": free_port(),
-            "disbursement_port": free_port(),
-            "reporting_port": free_port(),
+            **dict(
+                zip(
+                    ("intake_port", "eligibility_port", "disbursement_port", "reporting_port"),
+                    free_service_ports(4),
+                    strict=True,
+                )
+            ),
             "log_format": "json",
         }
         if database == "postgres":
