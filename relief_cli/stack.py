@@ -104,7 +104,9 @@ class Stack:
             )
         managed.started_at = time.monotonic()
 
-    def wait_healthy(self, timeout: float = 120.0) -> None:
+    def wait_healthy(self, timeout: float = 120.0, *, restarting: bool = False) -> None:
+        """Every replica answers `/healthz`. A replica that exited fails the wait, unless
+        `restarting` (the supervisor is starting again what a fault killed)."""
         deadline = time.monotonic() + timeout
         pending = list(self.managed)
         while pending:
@@ -112,7 +114,7 @@ class Stack:
                 names = ", ".join(f"{m.service}#{m.replica}" for m in pending)
                 raise RuntimeError(f"not healthy after {timeout:.0f}s: {names} (logs in {self.log_dir})")
             for managed in list(pending):
-                if managed.process is not None and managed.process.poll() is not None:
+                if not restarting and managed.process is not None and managed.process.poll() is not None:
                     tail = managed.log_path.read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"{managed.service} exited during start-up:\n{tail}")
                 try:

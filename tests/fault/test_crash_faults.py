@@ -4,10 +4,8 @@ database restarted, in the middle of a programme. Driven by a seed (replay a fai
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import httpx
 import pytest
 
 from relief_cli.drain import pipeline_state, wait_until_drained
@@ -55,7 +53,7 @@ def run_with_faults(
         state = wait_until_drained(settings, 300, progress=False)
         # The other replica may drain the pipeline while a killed one is still starting again;
         # the books are read from the services once every replica answers.
-        wait_all_answering(stack, 120)
+        stack.wait_healthy(120, restarting=True)
         result = outcome(settings, programme, state, finance_key)
     finally:
         injector.stop()
@@ -63,23 +61,6 @@ def run_with_faults(
     result.update(seed=seed, injected=in_flight, errors=injector.errors)
     result["passed"] = result["passed"] and not injector.errors
     return result
-
-
-def wait_all_answering(stack: Stack, timeout: float) -> None:
-    """Every replica's health check answers (the supervisor restarts what the plan killed)."""
-    deadline = time.monotonic() + timeout
-    waiting = list(stack.managed)
-    while waiting:
-        if time.monotonic() > deadline:
-            names = ", ".join(f"{m.service}#{m.replica}" for m in waiting)
-            raise AssertionError(f"not answering {timeout:.0f} s after draining: {names}")
-        for managed in list(waiting):
-            try:
-                if httpx.get(f"http://{stack.settings.host}:{managed.port}/healthz", timeout=1.0).is_success:
-                    waiting.remove(managed)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.3)
 
 
 @pytest.mark.fault
