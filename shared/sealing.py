@@ -8,14 +8,49 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+NONCE_BYTES = 12
+
 
 class SealError(ValueError):
     pass
+
+
+class _Nonces:
+    """Random 96-bit nonces from the operating system, read a few thousand at a time.
+
+    The same kernel randomness as one `os.urandom(12)` per seal, without a system call per row:
+    each call gives up the GIL, and in a process whose other thread is busy, getting it back cost
+    ~200 µs (measured; 4 µs alone), a sixth of intake's time while it stores an upload. A forked
+    child throws the parent's unread nonces away, so two processes never use the same one.
+    """
+
+    def __init__(self, per_read: int = 4096) -> None:
+        self._per_read = per_read
+        self._lock = threading.Lock()
+        self._drop()
+        os.register_at_fork(after_in_child=self._drop)
+
+    def _drop(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            if self._at >= len(self._pool):
+                self._pool = os.urandom(NONCE_BYTES * self._per_read)
+                self._at = 0
+            nonce = self._pool[self._at : self._at + NONCE_BYTES]
+            self._at += NONCE_BYTES
+            return nonce
+
+
+_nonces = _Nonces()
 
 
 class Sealer:
@@ -26,7 +61,7 @@ class Sealer:
         self._aead = AESGCM(key)
 
     def seal(self, plaintext: str) -> str:
-        nonce = os.urandom(12)
+        nonce = _nonces.take()
         return base64.urlsafe_b64encode(
             nonce + self._aead.encrypt(nonce, plaintext.encode(), b"payout")
         ).decode()
@@ -34,6 +69,6 @@ class Sealer:
     def open(self, token: str) -> str:
         try:
             raw = base64.urlsafe_b64decode(token.encode())
-            return self._aead.decrypt(raw[:12], raw[12:], b"payout").decode()
+            return self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], b"payout").decode()
         except Exception:
             raise SealError("a sealed payout account could not be opened (wrong identity secret?)") from None
