@@ -1,5 +1,4 @@
-"""Prometheus helpers: one explicit registry per service, shared by FastStream's middleware,
-the project's own metrics and the `/metrics` route."""
+"""Prometheus helpers: one explicit registry per service, its metrics and the `/metrics` route."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ class PipelineMetrics:
     """Metrics every consuming service has, with bounded labels only."""
 
     events_consumed: Counter
+    events_published: Counter
     dead_letters: Counter
     batch_seconds: Histogram
     outbox_backlog: Gauge
@@ -32,6 +32,12 @@ def pipeline_metrics(registry: CollectorRegistry) -> PipelineMetrics:
             "relief_events_consumed_total",
             "Events consumed, by topic and outcome",
             ["topic", "outcome"],
+            registry=registry,
+        ),
+        events_published=Counter(
+            "relief_events_published_total",
+            "Events the outbox relay published and the broker acknowledged, by topic",
+            ["topic"],
             registry=registry,
         ),
         dead_letters=Counter(

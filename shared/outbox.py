@@ -8,10 +8,12 @@ marking republishes, which consumers absorb because they record processed event 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import Column, Index, LargeBinary, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
@@ -121,9 +123,16 @@ class OutboxRelay:
     """Publishes unsent outbox rows in id order, in batches, and retries while Kafka is away."""
 
     def __init__(
-        self, engine: Engine, publisher: Any, *, batch_size: int = 1000, idle_seconds: float = 0.5
+        self,
+        engine: Engine,
+        publisher: Any,
+        *,
+        batch_size: int = 1000,
+        idle_seconds: float = 0.5,
+        published: Counter | None = None,
     ) -> None:
         self.engine = engine
+        self.published = published  # labelled by topic, counted once per batch
         self.publisher = publisher  # an object with `async send_many([(topic, key, payload), ...])`
         self.batch_size = batch_size
         self.idle_seconds = idle_seconds
@@ -205,6 +214,9 @@ class OutboxRelay:
             await self.publisher.send_many(
                 [(topic, key, payload) for _, topic, key, payload, _ in rows], [row[4] for row in rows]
             )
+            if self.published is not None:
+                for topic, count in Tally(row[1] for row in rows).items():
+                    self.published.labels(topic).inc(count)
             ids = [row[0] for row in rows]
 
             def mark() -> None:

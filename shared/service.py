@@ -36,9 +36,9 @@ class ServiceRuntime:
         self.engine = make_engine(settings.database_url_for(service))
         self.reader = make_reader(self.engine)  # reads that must not wait for, or hold up, writers
         self.tables = [*tables, *OUTBOX_TABLES]
-        self.broker = make_broker(settings, self.registry, client_id=f"relief-{service}")
+        self.broker = make_broker(settings, client_id=f"relief-{service}")
         self.publisher = BrokerPublisher(self.broker)
-        self.relay = OutboxRelay(self.engine, self.publisher)
+        self.relay = OutboxRelay(self.engine, self.publisher, published=self.metrics.events_published)
         self.consumers: list[BatchConsumer] = []
         self._background: list[asyncio.Task[None]] = []
         self._prepare: list[Callable[[], Any]] = []

@@ -73,3 +73,6 @@ def test_a_batch_accepted_while_kafka_is_down_is_published_once_when_it_returns(
     while query(settings, "SELECT count(*) FROM outbox_message WHERE sent_at IS NULL") != [(0,)]:
         assert time.monotonic() < deadline, "the relay did not mark the published rows as sent"
         time.sleep(0.5)
+    topic = settings.topic("beneficiary.registered")
+    published = f'relief_events_published_total{{topic="{topic}"}} {float(ROWS)}'
+    assert published in httpx.get(f"{intake.url}/metrics").text  # counted once, after the broker's ack
