@@ -211,9 +211,7 @@ class OutboxRelay:
                 transaction.rollback()
             if not rows:
                 return 0
-            await self.publisher.send_many(
-                [(topic, key, payload) for _, topic, key, payload, _ in rows], [row[4] for row in rows]
-            )
+            await self.publisher.send_many([(topic, key, payload) for _, topic, key, payload, _ in rows])
             if self.published is not None:
                 for topic, count in Tally(row[1] for row in rows).items():
                     self.published.labels(topic).inc(count)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from datetime import date
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from shared.consumer import BatchConsumer
 from shared.events import BeneficiaryRegistered, Event
-from shared.kafka import BrokerPublisher, consumer_lag, make_broker
+from shared.kafka import BrokerPublisher, consumer_lag, ensure_topics, make_broker
 from shared.metrics import make_registry, pipeline_metrics
 from shared.topics import BENEFICIARY_REGISTERED
 
@@ -131,3 +132,51 @@ def test_topics_are_created_with_their_partition_counts(make_settings):
         settings.topic("beneficiary.registered"): 6,
         settings.topic("eligibility.decided.dlq"): 1,
     }
+
+
+async def test_batched_publishing_keeps_each_key_on_its_partition_and_in_order(make_settings):
+    """Records go out as one batch per partition (several, past the batch size): every record once,
+    each key on the partition a record-by-record publish gives it, in the order it was sent."""
+    settings = make_settings()
+    await asyncio.to_thread(ensure_topics, settings)
+    topic = settings.topic(BENEFICIARY_REGISTERED.name)
+    keys = [f"person-{index}" for index in range(60)]
+    padding = "x" * 1000
+    records = [
+        (topic, keys[sequence % len(keys)], f'{{"sequence": {sequence}, "pad": "{padding}"}}'.encode())
+        for sequence in range(3000)  # ~3 MB: more than one batch per partition
+    ]
+    broker = make_broker(settings, client_id="relief-test-producer")
+    await broker.connect()
+    try:
+        await BrokerPublisher(broker).send_many(records)
+        # Where a record-by-record publish puts each key, for comparison.
+        single = {}
+        for key in keys:
+            metadata = await broker.publish(b"{}", topic, key=key.encode())
+            single[key] = metadata.partition
+    finally:
+        await broker.stop()
+    assert len(set(single.values())) > 1, "the keys should spread over several partitions"
+
+    def read() -> list:
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=settings.bootstrap_servers,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5000,
+        )
+        try:
+            return [message for message in consumer if message.value != b"{}"]
+        finally:
+            consumer.close()
+
+    messages = await asyncio.to_thread(read)
+    sequences = [json.loads(message.value)["sequence"] for message in messages]
+    assert sorted(sequences) == list(range(3000))  # each once
+    by_key: dict[str, list[int]] = {}
+    for message, sequence in zip(messages, sequences, strict=True):
+        key = message.key.decode()
+        assert message.partition == single[key], key
+        by_key.setdefault(key, []).append(sequence)
+    assert all(found == sorted(found) for found in by_key.values())
