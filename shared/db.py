@@ -42,6 +42,9 @@ def ensure_postgres_database(url: str) -> None:
         admin.dispose()
 
 
+SQLITE_AUTOCHECKPOINT_PAGES = 10_000
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -58,6 +61,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # A checkpoint every ~40 MB of log instead of SQLite's 4 MB: a batch wrote past 4 MB,
+            # so every commit copied the log back and synced (measured: eligibility alone 1,449 →
+            # 1,663 rows/s). The service's periodic TRUNCATE checkpoint still bounds the file.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.execute("PRAGMA foreign_keys=ON")
             # Identity and processed-event lookups land on random index pages: keep more in memory.

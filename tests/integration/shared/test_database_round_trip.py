@@ -153,3 +153,21 @@ def test_the_sqlite_log_is_folded_in_and_truncated(engine):
     assert log.stat().st_size == 0
     with transaction(engine) as session:
         assert claim_new_events(session, "reporting", ["e1", "new"]) == {"new"}
+
+
+def test_sqlite_folds_its_log_back_every_few_thousand_pages_not_every_commit(engine):
+    """A batch's commit past SQLite's default 1,000 pages no longer copies the log back and syncs."""
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write-ahead log only")
+    for start in range(0, 36_000, 3000):  # twelve commits of ~150 pages each
+        with transaction(engine) as session:
+            claim_new_events(
+                session, "reporting", [f"{n:08d}{'x' * 140}" for n in range(start, start + 3000)]
+            )
+    raw = engine.raw_connection()
+    try:
+        _, frames, _ = raw.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        raw.close()
+    assert frames > 1_500  # SQLite's default would have started its log again past 1,000
