@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import Column, Index, LargeBinary, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
 
@@ -78,12 +79,20 @@ def add_to_outbox(session: Session, messages: Iterable[tuple[str, str | None, Ev
 def claim_new_events(session: Session, consumer: str, event_ids: Sequence[str]) -> set[str]:
     """Record event ids as processed; return those not seen before (the ones to apply).
 
-    A concurrent replica inserting the same id makes this transaction fail on the primary key,
-    and the retried batch then finds the id already processed.
+    On PostgreSQL one statement: `INSERT … ON CONFLICT DO NOTHING RETURNING` gives back the ids
+    it inserted. A concurrent replica inserting the same id holds this insert until it ends; if
+    it committed, the id is not returned (seen); if it rolled back, the id is claimed here.
+    Elsewhere (SQLite, one writer at a time): the seen ids are read, then the new ones inserted.
     """
     unique_ids = list(dict.fromkeys(event_ids))
     if not unique_ids:
         return set()
+    if session.get_bind().dialect.name == "postgresql":
+        statement = (
+            postgresql.insert(ProcessedEvent).on_conflict_do_nothing().returning(col(ProcessedEvent.event_id))
+        )
+        result = insert_many(session, statement, [{"consumer": consumer, "event_id": e} for e in unique_ids])
+        return set(result.scalars()) if result is not None else set()
     seen: set[str] = set()
     for start in range(0, len(unique_ids), 500):
         chunk = unique_ids[start : start + 500]

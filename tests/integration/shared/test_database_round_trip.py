@@ -49,6 +49,34 @@ def test_a_failed_transaction_leaves_nothing_behind(engine):
         assert claim_new_events(session, "reporting", ["e9"]) == {"e9"}
 
 
+@pytest.mark.parametrize("first_commits", [True, False])
+def test_two_replicas_claiming_one_event_apply_it_once(engine, first_commits):
+    """The second claim waits for the first transaction: the id is its only if the first rolled back."""
+    import threading
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the second claim cannot start before the first ends")
+    first = transaction(engine)
+    session = first.__enter__()
+    assert claim_new_events(session, "reporting", ["shared", "mine"]) == {"shared", "mine"}
+    claimed: list[set[str]] = []
+
+    def second() -> None:
+        with transaction(engine) as other:
+            claimed.append(claim_new_events(other, "reporting", ["theirs", "shared"]))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive(), "the second claim should wait for the first transaction"
+    if first_commits:
+        first.__exit__(None, None, None)
+    else:
+        first.__exit__(RuntimeError, RuntimeError("crash"), None)
+    thread.join(timeout=30)
+    assert claimed == [{"theirs"} if first_commits else {"theirs", "shared"}]
+
+
 def test_many_rows_go_in_in_order_with_defaults_conflicts_and_returning(engine):
     """`insert_many` (column arrays on PostgreSQL) keeps the rows' order in the generated ids,
     fills Python-side defaults, honours ON CONFLICT and RETURNING, and `one_of` finds them."""
