@@ -168,6 +168,21 @@ def latencies(settings: Settings) -> list[float]:
     return result
 
 
+def drop_earlier_runs(admin_url: str) -> None:
+    """Drop the databases earlier runs left in the bench cluster (a few GB each at full scale);
+    the last run's stay until the next one, to be looked into."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            names = connection.execute(
+                text(r"SELECT datname FROM pg_database WHERE datname ~ '^(bench|stage)[0-9]+_'")
+            ).scalars()
+            for name in list(names):
+                connection.execute(text(f'DROP DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+
+
 def storage(settings: Settings) -> dict[str, Any]:
     """Each service's database size once drained, and the near-key rows eligibility keeps (one per
     registration that brought its person new near keys): where eligibility's writes go."""
@@ -254,6 +269,7 @@ def main() -> None:
 
         cluster = LocalPostgres(root / "postgres", 55499)
         cluster.start()
+        drop_earlier_runs("postgresql+psycopg://relief@127.0.0.1:55499/postgres")
         database_url = f"postgresql+psycopg://relief@127.0.0.1:55499/bench{int(time.time())}"
     settings = Settings(
         data_dir=root / "data", kafka_port=args.kafka_port, database_url=database_url, log_level="WARNING",
