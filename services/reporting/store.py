@@ -419,50 +419,75 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
         if is_delivered(row, paid_rows):
             delivered.setdefault(members[row.person_id], []).append(row)
 
+    # Old and new summaries side by side; only persons whose summary changed are rewritten. Most
+    # refreshes change nothing: a cash row's person is touched by its decision and each payment
+    # status, and only `paid` makes them reached.
     stale = set(touched) | roots
-    counts = Counter[tuple[str, str, str]]()  # (figure, group, persons | people) → change
+    Summary = tuple[tuple[int, str, str] | None, frozenset[tuple[str, str]]]
+    old: dict[str, Summary] = {}
     for chunk in _chunks(stale):
-        for person in session.execute(
-            select(PERSONS.c.household_size, PERSONS.c.sex, PERSONS.c.age_band).where(
-                one_of(session, PERSONS.c.person_id, chunk)
+        old_people = {
+            person_id: (household_size, sex, age_band)
+            for person_id, household_size, sex, age_band in session.execute(
+                select(
+                    PERSONS.c.person_id, PERSONS.c.household_size, PERSONS.c.sex, PERSONS.c.age_band
+                ).where(one_of(session, PERSONS.c.person_id, chunk))
+            )
+        }
+        old_groups: dict[str, set[tuple[str, str]]] = {}
+        for person_id, breakdown, group in session.execute(
+            select(GROUPS.c.person_id, GROUPS.c.breakdown, GROUPS.c.grp).where(
+                one_of(session, GROUPS.c.person_id, chunk)
             )
         ):
-            _count_person(counts, person.household_size, person.sex, person.age_band, -1)
-        for breakdown, group in session.execute(
-            select(GROUPS.c.breakdown, GROUPS.c.grp).where(one_of(session, GROUPS.c.person_id, chunk))
-        ):
-            counts[(breakdown, group, "persons")] -= 1
-        session.execute(delete(GROUPS).where(one_of(session, GROUPS.c.person_id, chunk)))
-        session.execute(delete(PERSONS).where(one_of(session, PERSONS.c.person_id, chunk)))
-    persons: list[dict[str, Any]] = []
-    groups: list[dict[str, Any]] = []
+            old_groups.setdefault(person_id, set()).add((breakdown, group))
+        for person_id in chunk:
+            old[person_id] = (old_people.get(person_id), frozenset(old_groups.get(person_id, ())))
+    new: dict[str, Summary] = {}
     for root in sorted(delivered):
         summary = summarise_person(root, delivered[root])
         if summary is None:
             continue
-        persons.append(
-            {
-                "person_id": root,
-                "household_size": summary.household_size,
-                "sex": summary.sex,
-                "age_band": summary.age_band,
-            }
+        new[root] = (
+            (summary.household_size, summary.sex, summary.age_band),
+            frozenset(
+                (breakdown, group)
+                for breakdown, members_of_group in (
+                    ("country", summary.countries),
+                    ("partner", summary.partners),
+                    ("assistance", summary.assistance),
+                )
+                for group in members_of_group
+            ),
         )
-        for breakdown, members_of_group in (
-            ("country", summary.countries),
-            ("partner", summary.partners),
-            ("assistance", summary.assistance),
-        ):
-            groups.extend(
-                {"breakdown": breakdown, "grp": group, "person_id": root}
-                for group in sorted(members_of_group)
-            )
+    nothing: Summary = (None, frozenset())
+    changed = sorted(p for p in stale if old.get(p, nothing) != new.get(p, nothing))
+    counts = Counter[tuple[str, str, str]]()  # (figure, group, persons | people) → change
+    for chunk in _chunks(changed):
+        session.execute(delete(GROUPS).where(one_of(session, GROUPS.c.person_id, chunk)))
+        session.execute(delete(PERSONS).where(one_of(session, PERSONS.c.person_id, chunk)))
+    persons: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    for person_id in changed:
+        for summary, sign in ((old.get(person_id, nothing), -1), (new.get(person_id, nothing), 1)):
+            person, memberships = summary
+            if person is not None:
+                _count_person(counts, *person, sign)
+            for breakdown, group in memberships:
+                counts[(breakdown, group, "persons")] += sign
+        person, memberships = new.get(person_id, nothing)
+        if person is None:
+            continue
+        household_size, sex, age_band = person
+        persons.append(
+            {"person_id": person_id, "household_size": household_size, "sex": sex, "age_band": age_band}
+        )
+        groups.extend(
+            {"breakdown": breakdown, "grp": group, "person_id": person_id}
+            for breakdown, group in sorted(memberships)
+        )
     insert_many(session, insert(PERSONS), persons)
     insert_many(session, insert(GROUPS), groups)
-    for person in persons:
-        _count_person(counts, person["household_size"], person["sex"], person["age_band"], 1)
-    for group in groups:
-        counts[(group["breakdown"], group["grp"], "persons")] += 1
     _move_counts(session, counts)
 
 

@@ -86,6 +86,31 @@ def test_redelivered_events_change_nothing(engine):
     assert first.overpayments_detected == 1
 
 
+def test_a_refresh_that_changes_no_summary_rewrites_no_summary(engine):
+    """A cash row's person is touched by its decision and every payment status; only `paid`
+    changes who is reached, so only it rewrites the person's summary and groups."""
+    from sqlalchemy import event
+
+    apply(engine, [decided("r0", "ben", assistance="food_kit")])  # ben is reached, anna not yet
+    writes: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(("INSERT", "DELETE")) and "reach_person" in statement:
+            writes.append(statement.split("(")[0].strip())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        apply(engine, [decided("r1", "anna", household=3)])
+        apply(engine, [payment("r1", "anna", "pending", 1), payment("r1", "anna", "sent", 2)])
+        apply(engine, [decided("r0", "ben", assistance="food_kit", at=later(5))])  # the same again
+        assert writes == []
+        apply(engine, [payment("r1", "anna", "paid", 3)])
+        assert writes and all("reach_person" in statement for statement in writes)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert query(engine).beneficiaries_reached == 2
+
+
 def test_people_reached_uses_the_largest_household_whatever_order_rows_arrive_in(engine):
     apply(engine, [decided("r1", "anna", household=6, assistance="food_kit")])
     apply(engine, [decided("r2", "anna", household=2), *paid("r2", "anna")])
