@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Column, Index, LargeBinary, func, insert, select, text, update
+from sqlalchemy import Column, LargeBinary, delete, func, insert, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
@@ -27,16 +27,13 @@ log = get_logger(__name__)
 
 
 class OutboxMessage(SQLModel, table=True):
+    """Events staged by a handler's transaction, deleted once the broker acknowledged them.
+
+    `sent_at` is only ever set by earlier versions, which kept published rows (and indexed the
+    unsent ones apart); `forget_rows_sent_before` clears those at start-up.
+    """
+
     __tablename__ = "outbox_message"
-    # Only unsent rows are indexed: marking a row sent drops it from the index, adds nothing.
-    __table_args__ = (
-        Index(
-            "ix_outbox_unsent_id",
-            "id",
-            sqlite_where=text("sent_at IS NULL"),
-            postgresql_where=text("sent_at IS NULL"),
-        ),
-    )
 
     id: int | None = Field(default=None, primary_key=True)
     topic: str = Field(max_length=200)
@@ -108,6 +105,13 @@ def claim_new_events(session: Session, consumer: str, event_ids: Sequence[str]) 
     if new_ids:
         insert_many(session, insert(ProcessedEvent), [{"consumer": consumer, "event_id": e} for e in new_ids])
     return set(new_ids)
+
+
+def forget_rows_sent_before(engine: Engine) -> int:
+    """Delete rows an earlier version marked sent instead of deleting (a start-up job)."""
+    with Session(engine) as session, session.begin():
+        result = session.execute(delete(OutboxMessage).where(col(OutboxMessage.sent_at).is_not(None)))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def outbox_backlog(session: Session) -> tuple[int, float]:
@@ -185,13 +189,13 @@ class OutboxRelay:
         return query
 
     @staticmethod
-    def _mark_sent(session: Session, ids: list[int]) -> None:
-        now = utc_now()
+    def _forget_sent(session: Session, ids: list[int]) -> None:
+        """Published rows are deleted, not marked: on PostgreSQL a delete writes no new row
+        version and no index entry, and the table holds only what is still to go (the payloads
+        of a whole programme otherwise stayed: 590 MB in intake's outbox at 220,000 rows)."""
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
-            session.execute(
-                update(OutboxMessage).where(one_of(session, col(OutboxMessage.id), chunk)).values(sent_at=now)
-            )
+            session.execute(delete(OutboxMessage).where(one_of(session, col(OutboxMessage.id), chunk)))
 
     async def publish_pending(self) -> int:
         """Publish everything unsent now. Returns how many went out."""
@@ -229,7 +233,7 @@ class OutboxRelay:
             def mark() -> None:
                 if not session.in_transaction():
                     session.begin()
-                self._mark_sent(session, ids)
+                self._forget_sent(session, ids)
                 session.commit()
 
             await asyncio.to_thread(mark)

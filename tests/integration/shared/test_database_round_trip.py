@@ -41,6 +41,26 @@ def test_outbox_rows_and_processed_ids_round_trip(engine):
         assert outbox_backlog(session)[0] == 1
 
 
+def test_rows_an_earlier_version_marked_sent_are_deleted_and_unsent_ones_kept(engine):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from shared.outbox import forget_rows_sent_before
+
+    event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="identity_rule")
+    with transaction(engine) as session:
+        add_to_outbox(session, [("t", f"k{i}", event) for i in range(5)])
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.key.in_(["k0", "k2"])).values(sent_at=datetime.now(UTC))
+        )
+    assert forget_rows_sent_before(engine) == 2
+    assert forget_rows_sent_before(engine) == 0
+    with transaction(engine) as session:
+        assert sorted(m.key for m in session.exec(select(OutboxMessage))) == ["k1", "k3", "k4"]
+        assert outbox_backlog(session)[0] == 3
+
+
 def test_a_failed_transaction_leaves_nothing_behind(engine):
     with pytest.raises(RuntimeError), transaction(engine) as session:
         claim_new_events(session, "reporting", ["e9"])
