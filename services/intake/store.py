@@ -88,6 +88,10 @@ class Beneficiary(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("partner_id", "partner_ref", name="uq_intake_beneficiary_partner_ref"),
         Index("ix_intake_beneficiary_batch", "batch_id"),
+        # Each row is updated twice (its decision, then its payment), never in an indexed column:
+        # room left in each page lets PostgreSQL write the new version beside the old one without
+        # touching the three indexes (a "HOT" update). Full pages made 61 % of them go elsewhere.
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     row_id: str = Field(primary_key=True, max_length=64)

@@ -76,3 +76,7 @@ def test_a_batch_accepted_while_kafka_is_down_is_published_once_when_it_returns(
     topic = settings.topic("beneficiary.registered")
     published = f'relief_events_published_total{{topic="{topic}"}} {float(ROWS)}'
     assert published in httpx.get(f"{intake.url}/metrics").text  # counted once, after the broker's ack
+    # Room for the two updates each row gets (decision, payment) beside it in its page.
+    assert query(settings, "SELECT reloptions FROM pg_class WHERE relname = 'intake_beneficiary'") == [
+        (["fillfactor=70"],)
+    ]
