@@ -81,3 +81,26 @@ def csv_file(rows: list[dict[str, str]]) -> bytes:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def events_staged(settings: Settings, intake_url: str, timeout: float = 30.0) -> int:
+    """How many events intake staged: the relay publishes each once (no crash here) and then
+    deletes it, so once the outbox is empty, that is what its published counter says."""
+    import time
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while query(settings, "SELECT count(*) FROM outbox_message") != [(0,)]:
+        assert time.monotonic() < deadline, "the relay did not publish the staged events"
+        time.sleep(0.2)
+    page = httpx.get(f"{intake_url}/metrics", timeout=5).text
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(page)
+            for sample in family.samples
+            if sample.name == "relief_events_published_total"
+        )
+    )

@@ -6,7 +6,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.integration.intake.intake_support import add_partner, bearer, csv_file, query, revoke, row
+from tests.integration.intake.intake_support import (
+    add_partner,
+    bearer,
+    csv_file,
+    events_staged,
+    query,
+    revoke,
+    row,
+)
 
 
 def test_keys_roles_and_batch_ownership(make_settings, postgres, start_service):
@@ -90,7 +98,8 @@ def test_an_idempotency_key_gives_one_batch_per_body(make_settings, postgres, st
     assert other.status_code == 409
     assert other.json()["code"] == "idempotency_key_reused"
     assert query(settings, "SELECT count(*) FROM intake_batch") == [(1,)]
-    assert query(settings, "SELECT count(*) FROM outbox_message") == [(1,)]
+    assert query(settings, "SELECT count(*) FROM intake_beneficiary") == [(1,)]
+    assert events_staged(settings, intake.url) == 1  # the one accepted row's, once
 
     # Two identical requests racing with a fresh key still make one batch.
     race = {**headers, "Idempotency-Key": "race-1"}

@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from tests.integration.intake.intake_support import add_partner, bearer, csv_file, query, row
+from tests.integration.intake.intake_support import add_partner, bearer, csv_file, events_staged, query, row
 
 # One bad row for each SPEC §2 rule: (cells, column, code, words the message must contain).
 BAD_ROWS = [
@@ -140,7 +140,7 @@ def test_a_mixed_batch_accepts_the_valid_rows_and_names_each_bad_one(make_settin
         ("@SUM(A1)",)
     ]
     assert query(settings, "SELECT count(*) FROM intake_beneficiary WHERE given_name = 'Withheld'") == [(0,)]
-    assert query(settings, "SELECT count(*) FROM outbox_message") == [(len(VALID_ROWS),)]
+    assert events_staged(settings, intake.url) == len(VALID_ROWS)
 
     # The batch reads back with its counts and rejections; nothing is decided yet.
     status = httpx.get(f"{intake.url}/v1/batches/{receipt['batch_id']}", headers=bearer(key)).json()
@@ -215,7 +215,7 @@ def test_whole_file_refusals_store_nothing(make_settings, start_service):
     assert (large.status_code, large.json()["code"]) == (413, "file_too_large")
     refused(b"<xml/>", 415, "unsupported_media_type", **{"Content-Type": "application/xml"})
     assert query(settings, "SELECT count(*) FROM intake_batch") == [(0,)]
-    assert query(settings, "SELECT count(*) FROM outbox_message") == [(0,)]
+    assert events_staged(settings, intake.url) == 0
     # and a correct file right after is accepted
     assert (
         httpx.post(url, content=csv_file([row(f"R{i}") for i in range(5)]), headers=headers).json()[
