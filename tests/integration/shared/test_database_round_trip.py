@@ -61,6 +61,45 @@ def test_rows_an_earlier_version_marked_sent_are_deleted_and_unsent_ones_kept(en
         assert outbox_backlog(session)[0] == 3
 
 
+async def test_a_relay_that_read_rows_before_another_emptied_the_outbox_deletes_only_those(engine):
+    """Two replicas' relays on one database: one reads rows and is slow to publish them, the other
+    publishes and deletes the same rows, new rows are staged (on SQLite they take the freed ids
+    again); the slow relay's delete must leave the new rows for the next publish."""
+    import asyncio
+
+    from shared.outbox import OutboxRelay
+
+    published: list[str | None] = []
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class Slow:
+        async def send_many(self, records):  # type: ignore[no-untyped-def]
+            entered.set()
+            await gate.wait()
+            published.extend(key for _, key, _ in records)
+
+    class Quick:
+        async def send_many(self, records):  # type: ignore[no-untyped-def]
+            published.extend(key for _, key, _ in records)
+
+    def stage(keys: str) -> None:
+        event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="identity_rule")
+        with transaction(engine) as session:
+            add_to_outbox(session, [("t", key, event) for key in keys])
+
+    stage("abc")
+    slow = asyncio.create_task(OutboxRelay(engine, Slow()).publish_pending())
+    await entered.wait()  # the slow relay holds a, b and c
+    await OutboxRelay(engine, Quick()).publish_pending()
+    stage("def")
+    gate.set()
+    await slow
+    await OutboxRelay(engine, Quick()).publish_pending()
+    assert set(published) == set("abcdef")  # at least once each: none lost
+    with transaction(engine) as session:
+        assert outbox_backlog(session)[0] == 0
+
+
 def test_a_failed_transaction_leaves_nothing_behind(engine):
     with pytest.raises(RuntimeError), transaction(engine) as session:
         claim_new_events(session, "reporting", ["e9"])
