@@ -32,11 +32,12 @@ class _Nonces:
 
     def __init__(self, per_read: int = 4096) -> None:
         self._per_read = per_read
-        self._lock = threading.Lock()
         self._drop()
         os.register_at_fork(after_in_child=self._drop)
 
     def _drop(self) -> None:
+        # A new lock too: a child forked while another thread held the parent's would wait forever.
+        self._lock = threading.Lock()
         self._pool = b""
         self._at = 0
 
