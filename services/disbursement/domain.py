@@ -48,6 +48,10 @@ UNSENT: frozenset[str] = frozenset({PENDING_APPROVAL, PENDING})
 AT_PROVIDER: frozenset[str] = frozenset({SENT, PAID})
 LIVE: frozenset[str] = UNSENT | AT_PROVIDER
 FINAL: frozenset[str] = frozenset({PAID, FAILED, REVERSED})
+# Statuses kept in the ledger but not published on `disbursement.payments`: nobody downstream
+# tells `sent` from `pending` (a row's progress and the dashboard's "in flight" count both), and
+# the event would cost every consumer a read for nothing. The ledger and `/v1/payments` keep it.
+UNPUBLISHED: frozenset[str] = frozenset({SENT})
 
 MERGED_DUPLICATE = "merged_duplicate"
 

@@ -98,6 +98,9 @@ def _ledger_entry(
 def apply_changes(session: Session, changes: Sequence[Change], *, now: datetime, topic: str) -> list[Applied]:
     """Save transitions: payment rows, ledger entries and outbox events, in bulk, in one go.
 
+    Every transition is a ledger entry; those others act on (all but `domain.UNPUBLISHED`) are
+    also a `PaymentStatusChanged` event, staged in the same transaction.
+
     Payments making the same move are updated by one set-based statement. The ledger's
     (payment_ref, sequence) uniqueness turns a lost race between two writers into an
     IntegrityError that rolls the whole transaction back, never into a forked history.
@@ -121,9 +124,9 @@ def apply_changes(session: Session, changes: Sequence[Change], *, now: datetime,
         if change.provider_ref and change.provider_ref != payment.provider_ref:
             provider_refs[payment.payment_ref] = change.provider_ref
         entries.append(_ledger_entry(payment, step.status, step.sequence, step.reason, now))
-        messages.append(
-            (topic, payment.person_id, _status_event(payment, step.status, step.sequence, step.reason, now))
-        )
+        if step.status not in domain.UNPUBLISHED:
+            event = _status_event(payment, step.status, step.sequence, step.reason, now)
+            messages.append((topic, payment.person_id, event))
         applied.append(Applied(step.status, payment.currency, payment.amount_minor))
     for (status, reason, due_at, increment), refs in groups.items():
         store.advance_payments(

@@ -114,6 +114,13 @@ async def test_a_provider_failing_30_percent_of_the_time_still_pays_everyone_exa
     for entry in ledger(engine):
         histories.setdefault(entry["payment_ref"], []).append((entry["status"], entry["sequence"]))
     assert set(map(tuple, histories.values())) == {(("pending", 1), ("sent", 2), ("paid", 3))}
+    # Published: what others act on. `sent` stays in the ledger (nobody downstream tells it from
+    # `pending`), so each payment stages two events, not three.
+    published: dict[str, list[tuple[str, int]]] = {}
+    for event in outbox_events(engine):
+        published.setdefault(event["payment_ref"], []).append((event["status"], event["sequence"]))
+    assert len(published) == 200
+    assert set(map(tuple, published.values())) == {(("pending", 1), ("paid", 3))}
     # The ledger's sum per currency equals the sum of paid payments.
     with transaction(engine) as session:
         balances = store.balances(session)
