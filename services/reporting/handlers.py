@@ -31,7 +31,6 @@ from shared.events import (
 from shared.outbox import claim_new_events
 
 DECISIONS_CONSUMER = "reporting:eligibility.decided"
-PAYMENTS_CONSUMER = "reporting:disbursement.payments"
 
 
 def _unseen(session: Session, consumer: str, events: Sequence[Event]) -> list[Event]:
@@ -101,11 +100,16 @@ def apply_decisions(session: Session, events: Sequence[Event]) -> None:
 
 
 def apply_payments(session: Session, events: Sequence[Event]) -> None:
-    """`disbursement.payments`: payment status changes and detected overpayments."""
+    """`disbursement.payments`: payment status changes and detected overpayments.
+
+    No event ids are kept for this topic: a payment takes a state only with a higher sequence than
+    the one it holds, an overpayment is inserted if absent, and the persons' summaries are
+    recomputed from those facts, so a replayed or duplicated event changes nothing.
+    """
     store.lock_for_batch(session)
     states: list[PaymentState] = []
     overpayments: dict[str, dict[str, Any]] = {}
-    for event in _unseen(session, PAYMENTS_CONSUMER, events):
+    for event in events:
         if isinstance(event, PaymentStatusChanged):
             states.append(payment_state(event))
         elif isinstance(event, OverpaymentDetected):
