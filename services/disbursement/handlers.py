@@ -101,14 +101,14 @@ def apply_changes(session: Session, changes: Sequence[Change], *, now: datetime,
     Every transition is a ledger entry; those others act on (all but `domain.UNPUBLISHED`) are
     also a `PaymentStatusChanged` event, staged in the same transaction.
 
-    Payments making the same move are updated by one set-based statement. The ledger's
-    (payment_ref, sequence) uniqueness turns a lost race between two writers into an
-    IntegrityError that rolls the whole transaction back, never into a forked history.
+    The payments are updated by one statement, each row to its own values: the callers hold the
+    rows (locked on PostgreSQL, the single writer on SQLite), so the values are computed from what
+    is stored. The ledger's (payment_ref, sequence) uniqueness turns a lost race between two
+    writers into an IntegrityError that rolls the whole transaction back, never into a forked history.
     """
     if not changes:
         return []
-    groups: dict[tuple[str, str | None, datetime | None, int], list[str]] = {}
-    provider_refs: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
     entries = []
     messages: list[tuple[str, str | None, Event]] = []
     applied = []
@@ -118,21 +118,24 @@ def apply_changes(session: Session, changes: Sequence[Change], *, now: datetime,
             raise DomainError(
                 "invalid_transition", f"payment {payment.payment_ref}: ledger sequence out of order"
             )
-        groups.setdefault((step.status, step.reason, change.due_at, change.attempts_increment), []).append(
-            payment.payment_ref
+        rows.append(
+            {
+                "payment_ref": payment.payment_ref,
+                "status": step.status,
+                "sequence": step.sequence,
+                "reason": step.reason,
+                "due_at": change.due_at,
+                "attempts": payment.attempts + change.attempts_increment,
+                "provider_ref": change.provider_ref or payment.provider_ref,
+                "updated_at": now,
+            }
         )
-        if change.provider_ref and change.provider_ref != payment.provider_ref:
-            provider_refs[payment.payment_ref] = change.provider_ref
         entries.append(_ledger_entry(payment, step.status, step.sequence, step.reason, now))
         if step.status not in domain.UNPUBLISHED:
             event = _status_event(payment, step.status, step.sequence, step.reason, now)
             messages.append((topic, payment.person_id, event))
         applied.append(Applied(step.status, payment.currency, payment.amount_minor))
-    for (status, reason, due_at, increment), refs in groups.items():
-        store.advance_payments(
-            session, refs, status=status, reason=reason, due_at=due_at, attempts_increment=increment, now=now,
-        )  # fmt: skip
-    store.set_provider_refs(session, provider_refs)
+    store.update_payments(session, rows)
     store.add_ledger_entries(session, entries)
     add_to_outbox(session, messages)
     return applied

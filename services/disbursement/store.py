@@ -8,7 +8,7 @@ and is touched only by the simulated provider.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -339,34 +339,6 @@ def pending_approval(
 def update_payments(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     """Bulk update by reference; every dict has `payment_ref` and the same other keys."""
     update_many(session, PAYMENT, "payment_ref", changes)
-
-
-def advance_payments(
-    session: Session, refs: Sequence[str], *, status: str, reason: str | None, due_at: datetime | None,
-    attempts_increment: int, now: datetime,
-) -> None:  # fmt: skip
-    """One transition for many payments in one statement: status set, sequence and attempts moved on.
-
-    Callers hold the rows (locked on PostgreSQL, the single writer on SQLite) and have computed
-    the same next sequence for the ledger, whose uniqueness guards against any disagreement.
-    """
-    values: dict[str, Any] = {
-        "status": status, "sequence": PAYMENT.c.sequence + 1, "reason": reason, "due_at": due_at, "updated_at": now,
-    }  # fmt: skip
-    if attempts_increment:
-        values["attempts"] = PAYMENT.c.attempts + attempts_increment
-    for chunk in _chunks(list(refs)):
-        session.execute(update(PAYMENT).where(one_of(session, PAYMENT.c.payment_ref, chunk)).values(values))
-
-
-def set_provider_refs(session: Session, provider_refs: Mapping[str, str]) -> None:
-    """Record the provider's reference of each payment (payment_ref → provider_ref)."""
-    update_many(
-        session,
-        PAYMENT,
-        "payment_ref",
-        [{"payment_ref": ref, "provider_ref": p} for ref, p in provider_refs.items()],
-    )
 
 
 def add_ledger_entries(session: Session, entries: Sequence[dict[str, Any]]) -> None:
