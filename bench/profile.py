@@ -33,7 +33,7 @@ def record(pids: dict[str, int], seconds: int, out_dir: Path) -> dict[str, Path]
         name, pid = item
         path = out_dir / f"{name}.txt"
         command = [tool, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50"]
-        command += ["--nonblocking", "--format", "raw", "--output", str(path)]
+        command += ["--nonblocking", "--gil", "--format", "raw", "--output", str(path)]
         done = subprocess.run(command, capture_output=True, timeout=seconds + 60, check=False)
         return name, path if done.returncode == 0 and path.exists() else None
 
