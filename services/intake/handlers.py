@@ -36,12 +36,11 @@ from shared.db import make_reader, serialise_writers, transaction
 from shared.events import EligibilityDecided, Event, PaymentStatusChanged, new_event_id
 from shared.identity import IdentityHasher
 from shared.logging import get_logger
-from shared.outbox import add_to_outbox, claim_new_events
+from shared.outbox import add_to_outbox
 from shared.sealing import Sealer
 
 log = get_logger(__name__)
 
-CONSUMER = "intake"
 UNKNOWN_KEY = "unknown or revoked API key"
 # Registration dates are checked against the latest calendar date anywhere on Earth (UTC+14),
 # so a partner ahead of UTC can register a person on its own today.
@@ -445,12 +444,15 @@ def programme_progress(engine: Engine) -> domain.Progress:
 
 
 def apply_decisions(engine: Engine, events: Sequence[Event]) -> None:
-    """eligibility.decided: record each row's decision (PersonsMerged does not change a row's counts)."""
+    """eligibility.decided: record each row's decision (PersonsMerged does not change a row's counts).
+
+    No event ids are kept: a row takes a decision no older than the one it holds, so a replayed
+    decision is either older (nothing happens) or the same (the row and its count stay as they are).
+    """
     with transaction(engine) as session:
-        new = claim_new_events(session, CONSUMER, [event.event_id for event in events])
         latest: dict[str, dict[str, Any]] = {}
         for event in events:
-            if isinstance(event, EligibilityDecided) and event.event_id in new:
+            if isinstance(event, EligibilityDecided):
                 decided_at = store.as_utc(event.occurred_at)
                 current = latest.get(event.row_id)
                 if current is None or current["decided_at"] <= decided_at:

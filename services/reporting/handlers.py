@@ -28,20 +28,6 @@ from shared.events import (
     PaymentStatusChanged,
     PersonsMerged,
 )
-from shared.outbox import claim_new_events
-
-DECISIONS_CONSUMER = "reporting:eligibility.decided"
-
-
-def _unseen(session: Session, consumer: str, events: Sequence[Event]) -> list[Event]:
-    """The events of the batch not applied before, each once."""
-    new_ids = claim_new_events(session, consumer, [event.event_id for event in events])
-    fresh: list[Event] = []
-    for event in events:
-        if event.event_id in new_ids:
-            new_ids.discard(event.event_id)
-            fresh.append(event)
-    return fresh
 
 
 def row_decision(event: EligibilityDecided) -> RowDecision:
@@ -74,12 +60,17 @@ def payment_state(event: PaymentStatusChanged) -> PaymentState:
 
 
 def apply_decisions(session: Session, events: Sequence[Event]) -> None:
-    """`eligibility.decided`: row decisions and person merges."""
+    """`eligibility.decided`: row decisions and person merges.
+
+    No event ids are kept: a row takes a decision only with a greater version than the one it
+    holds, and the merged groups are derived from the whole set of merges, so a replayed or
+    duplicated event changes nothing.
+    """
     store.lock_for_batch(session)
     decisions: list[RowDecision] = []
     details: dict[str, dict[str, Any]] = {}
     merges: list[tuple[str, str]] = []
-    for event in _unseen(session, DECISIONS_CONSUMER, events):
+    for event in events:
         if isinstance(event, EligibilityDecided):
             decision = row_decision(event)
             decisions.append(decision)
