@@ -32,6 +32,7 @@ def create_app(settings: Settings, *, authenticator: Authenticator | None = None
     eligibility = Eligibility(
         runtime.engine, context, EligibilityMetrics(runtime.registry), reader=runtime.reader
     )
+    runtime.prepare(eligibility.start_counts)
     runtime.consume(BENEFICIARY_REGISTERED, eligibility.apply)
     router = build_router(
         eligibility,

@@ -231,6 +231,33 @@ class _Batch:
             for near_key in near_keys
             for other, row_id in block.get(near_key, ())
         ]
+        if any(match.person_id != person_id for match in matches):
+            self._flag(event, person_id, matches)
+        # Keys the person already holds in this block add nothing: the same name registered again
+        # (the usual duplicate) writes no near-key row.
+        new_keys = [
+            near_key
+            for near_key in near_keys
+            if all(self.find(other) != person_id for other, _ in block.get(near_key, ()))
+        ]
+        if not new_keys:
+            return
+        for near_key in new_keys:
+            block.setdefault(near_key, []).append((person_id, event.row_id))
+        self.changes.near_sets.append(
+            {
+                "block_key": event.block_key,
+                "row_id": event.row_id,
+                "person_id": person_id,
+                "near_keys": " ".join(new_keys),
+            }
+        )
+
+    def _flag(self, event: BeneficiaryRegistered, person_id: str, matches: list[domain.NearMatch]) -> None:
+        """Open a review for each other person matched, unless the two were paired before.
+
+        Only called for a row that matched another person (rare): the pairs are scanned then.
+        """
         reviewed: set[str] = set()
         for side_a, side_b in self.snapshot.reviewed_pairs:
             found_a, found_b = self.find(side_a), self.find(side_b)
@@ -260,25 +287,6 @@ class _Batch:
                 row_id=event.row_id,
                 other_row_id=match.row_id,
             )
-        # Keys the person already holds in this block add nothing: the same name registered again
-        # (the usual duplicate) writes no near-key row.
-        new_keys = [
-            near_key
-            for near_key in near_keys
-            if all(self.find(other) != person_id for other, _ in block.get(near_key, ()))
-        ]
-        if not new_keys:
-            return
-        for near_key in new_keys:
-            block.setdefault(near_key, []).append((person_id, event.row_id))
-        self.changes.near_sets.append(
-            {
-                "block_key": event.block_key,
-                "row_id": event.row_id,
-                "person_id": person_id,
-                "near_keys": " ".join(new_keys),
-            }
-        )
 
     def _evaluate(self, event: BeneficiaryRegistered, person_id: str) -> domain.Verdict:
         policy, cycle = self.context.policy, self.context.cycle
@@ -579,6 +587,12 @@ class Eligibility:
         self.metrics = metrics
         self.clock = clock
 
+    def start_counts(self) -> bool:
+        """Start the kept person count (under the writers' lock) if the database has none."""
+        with transaction(self.engine) as session:
+            serialise_writers(session, IDENTITY_LOCK)
+            return store.count_persons_if_missing(session)
+
     def apply(self, events: Sequence[Event]) -> None:
         """The consumer's batch function: one transaction for the whole batch."""
         registrations = [event for event in events if isinstance(event, BeneficiaryRegistered)]
@@ -589,8 +603,8 @@ class Eligibility:
             serialise_writers(session, IDENTITY_LOCK)
             outcome = decide_registrations(session, registrations, self.context, self.clock())
             add_to_outbox(session, outcome.messages)
-        # Counted after the commit: the writers' lock is held by one replica at a time, and a
-        # count over every person (a scan) is no work to hold the other replicas up with.
+        # Read after the commit, outside the writers' lock: the person count is kept (one row),
+        # open reviews are few.
         with Session(self.reader) as session:
             persons = store.count_persons(session)
             reviews_open = store.count_open_reviews(session)

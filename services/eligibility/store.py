@@ -180,9 +180,32 @@ class ReviewDecision(SQLModel, table=True):
     merged: bool = False
 
 
+class Tally(SQLModel, table=True):
+    """Counts kept in the transactions that change what they count, so a gauge reads one row
+    instead of scanning a table that grows with the programme."""
+
+    __tablename__ = "eligibility_tally"
+
+    name: str = Field(primary_key=True, max_length=32)
+    value: int
+
+
+PERSONS = "persons"  # persons not merged into another
+
 TABLES: list[Table] = [
     model.__table__  # type: ignore[union-attr]
-    for model in (Person, IdentityKey, NearSet, Approval, RowDecision, Budget, Merge, Review, ReviewDecision)
+    for model in (
+        Person,
+        IdentityKey,
+        NearSet,
+        Approval,
+        RowDecision,
+        Budget,
+        Merge,
+        Review,
+        ReviewDecision,
+        Tally,
+    )
 ]
 
 
@@ -353,6 +376,7 @@ def save_changes(
         (Review, changes.reviews),
     ):
         _insert_rows(session, model.__table__, rows)  # type: ignore[union-attr]
+    _add_to_tally(session, PERSONS, len(changes.persons))
     survivors: list[str] = []
     for merge in changes.merges:
         merge_persons(session, now=now, **merge)
@@ -405,11 +429,12 @@ def merge_persons(
         .where(Person.survivor_id == merged_id)  # type: ignore[arg-type]
         .values(survivor_id=survivor_id)
     )
-    session.execute(
+    folded = session.execute(
         update(Person)
-        .where(Person.person_id == merged_id)  # type: ignore[arg-type]
+        .where(Person.person_id == merged_id, Person.merged_into.is_(None))  # type: ignore[arg-type, union-attr]
         .values(merged_into=survivor_id, merged_at=now)
     )
+    _add_to_tally(session, PERSONS, -folded.rowcount)  # type: ignore[attr-defined]
     session.execute(
         insert(Merge).values(
             survivor_person_id=survivor_id,
@@ -429,11 +454,34 @@ def survivor_of(session: Session, person_id: str) -> str | None:
 
 
 def count_persons(session: Session) -> int:
+    """Persons not merged into another: the kept count (a scan on a database that has none yet)."""
+    kept = session.execute(select(Tally.value).where(Tally.name == PERSONS)).scalar_one_or_none()  # type: ignore[arg-type]
+    return int(kept) if kept is not None else _scan_persons(session)
+
+
+def _scan_persons(session: Session) -> int:
     return int(
         session.execute(
             select(func.count()).select_from(Person).where(Person.merged_into.is_(None))  # type: ignore[union-attr]
         ).scalar_one()
     )
+
+
+def _add_to_tally(session: Session, name: str, delta: int) -> None:
+    if delta:
+        session.execute(update(Tally).where(Tally.name == name).values(value=Tally.value + delta))  # type: ignore[arg-type]
+
+
+def count_persons_if_missing(session: Session) -> bool:
+    """Start the kept count of persons from a scan when there is none (a new database, or one from
+    before the count was kept). The caller holds the writers' lock, so no batch adds persons
+    between the scan and the insert. Returns whether it did."""
+    if session.execute(select(Tally.value).where(Tally.name == PERSONS)).first() is not None:  # type: ignore[arg-type]
+        return False
+    _insert_rows(
+        session, Tally.__table__, [{"name": PERSONS, "value": _scan_persons(session)}], ignore_duplicates=True
+    )  # type: ignore[attr-defined]
+    return True
 
 
 # ---- reviews ---------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Harness:
             EligibilityMetrics(self.registry),
             clock=lambda: datetime(2026, 2, 1, tzinfo=UTC),
         )
+        self.eligibility.start_counts()  # as the service does at start-up
 
     def apply(self, *events: Event) -> list[Event]:
         """Apply one batch; return the events it staged for publishing."""

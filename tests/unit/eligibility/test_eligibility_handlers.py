@@ -399,3 +399,50 @@ def test_an_unknown_review_is_not_found(harness):
     with pytest.raises(ReviewError) as caught:
         harness.eligibility.resolve_review("no-such-review", "distinct", "x", FINANCE)
     assert caught.value.code == "review_not_found"
+
+
+def scanned_persons(harness) -> int:
+    with transaction(harness.engine) as session:
+        return session.exec(
+            select(func.count()).select_from(store.Person).where(store.Person.merged_into.is_(None))
+        ).one()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_person_count_equals_a_scan_after_new_persons_rule_merges_and_review_merges(
+    harness, row, seed
+):
+    import random
+
+    rng = random.Random(seed)
+    documents = [f"D{n}" for n in range(12)]
+    names = [("Aung", "Min"), ("Kyaw", "Zin"), ("Thida", "Win"), ("Siti", "Rahmah"), ("Maria", "Santos")]
+    for _ in range(6):
+        batch = []
+        for _ in range(rng.randint(1, 8)):
+            given, family = rng.choice(names)
+            batch.append(
+                row(given, family, nationality="MMR", id_type="passport", id_number=rng.choice(documents))
+            )
+        harness.apply(*batch)
+        assert harness.metric("relief_eligibility_persons") == scanned_persons(harness)
+    assert merges(harness.published())  # the documents and names linked persons together
+    (a, b), review = flagged_pair(harness, row)
+    harness.eligibility.resolve_review(review["review_id"], "same_person", "same employer", FINANCE)
+    scanned = scanned_persons(harness)
+    assert harness.metric("relief_eligibility_persons") == scanned
+    with transaction(harness.engine) as session:
+        assert store.count_persons(session) == scanned
+        assert session.exec(select(store.Tally.value)).one() == scanned  # the kept row, not a scan
+
+
+def test_a_database_from_before_the_kept_count_gets_it_from_a_scan_at_start_up(harness, row):
+    harness.apply(row("Aung", "Min"), row("Kyaw", "Zin"), row("Thida", "Win"))
+    with transaction(harness.engine) as session:
+        session.exec(store.Tally.__table__.delete())  # as a database written before the count
+    assert harness.eligibility.start_counts() is True
+    assert harness.eligibility.start_counts() is False  # once only
+    harness.apply(row("Siti", "Rahmah"))
+    with transaction(harness.engine) as session:
+        assert store.count_persons(session) == 4
+        assert session.exec(select(store.Tally.value)).one() == 4  # read from the kept row
