@@ -165,9 +165,14 @@ def person_roots(merges: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 def is_delivered(row: RowDecision, paid_rows: set[str] | frozenset[str]) -> bool:
     """Cash counts once its payment is paid (not reversed); in-kind help once it is approved."""
-    if row.assistance == CASH:
-        return row.row_id in paid_rows
-    return row.decision == "eligible"
+    return delivers(row.row_id, row.decision, row.assistance, paid_rows)
+
+
+def delivers(row_id: str, decision: str, assistance: str, paid_rows: set[str] | frozenset[str]) -> bool:
+    """`is_delivered` for a row known by these three facts."""
+    if assistance == CASH:
+        return row_id in paid_rows
+    return decision == "eligible"
 
 
 # ---- one person, and everyone ------------------------------------------------------------------

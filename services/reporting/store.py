@@ -37,6 +37,7 @@ from services.reporting.domain import (
     PaymentState,
     Reach,
     RowDecision,
+    delivers,
     is_delivered,
     person_roots,
     summarise_person,
@@ -218,7 +219,9 @@ def save_decisions(
     """Keep, per row, the decision with the greatest version, whichever arrives first.
 
     `details` maps a row_id to the columns kept for operators only (batch, partner id, amount).
-    Returns the person ids whose reach may have changed (a row's old and new person).
+    Returns the person ids whose reach may have changed: a row's old and new person when the row
+    was delivered under its stored decision or is under the new one. Most decisions are neither
+    (cash not paid yet: its `paid` status touches the person when it comes).
     """
     now = datetime.now(UTC)
     rows = [
@@ -241,11 +244,33 @@ def save_decisions(
     ]
     if not rows:
         return set()
-    touched = {row["person_id"] for row in rows}
+    stored: dict[str, tuple[str, str, str]] = {}
+    paid: set[str] = set()
     for chunk in _chunks({row["row_id"] for row in rows}):
-        touched.update(
-            session.execute(select(ROWS.c.person_id).where(one_of(session, ROWS.c.row_id, chunk))).scalars()
+        stored.update(
+            (row_id, (person_id, decision, assistance))
+            for row_id, person_id, decision, assistance in session.execute(
+                select(ROWS.c.row_id, ROWS.c.person_id, ROWS.c.decision, ROWS.c.assistance).where(
+                    one_of(session, ROWS.c.row_id, chunk)
+                )
+            )
         )
+        paid.update(
+            session.execute(
+                select(PAYMENTS.c.row_id).where(
+                    one_of(session, PAYMENTS.c.row_id, chunk), PAYMENTS.c.status == "paid"
+                )
+            ).scalars()
+        )
+    touched: set[str] = set()
+    for row in rows:
+        before = stored.get(row["row_id"])
+        if delivers(row["row_id"], row["decision"], row["assistance"], paid) or (
+            before is not None and delivers(row["row_id"], before[1], before[2], paid)
+        ):
+            touched.add(row["person_id"])
+            if before is not None:
+                touched.add(before[0])
     statement = _insert(session, ROWS)
     statement = statement.on_conflict_do_update(
         index_elements=["row_id"],

@@ -111,6 +111,33 @@ def test_a_refresh_that_changes_no_summary_rewrites_no_summary(engine):
     assert query(engine).beneficiaries_reached == 2
 
 
+def test_a_decision_that_delivers_nothing_refreshes_no_person(engine):
+    """A cash decision before its payment is paid, or a refusal, cannot change who is reached: no
+    person's summary is even read. An in-kind approval, or a decision after `paid`, is."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "reach_person" in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        apply(engine, [decided("r1", "anna"), decided("r2", "ben", decision="ineligible")])
+        apply(engine, [payment("r1", "anna", "pending", 1)])
+        assert statements == []
+        apply(engine, [decided("r3", "chen", assistance="food_kit")])
+        assert statements  # in-kind help is delivered once approved
+        statements.clear()
+        apply(engine, [payment("r4", "dana", "paid", 3)])  # paid before its decision is known
+        apply(engine, [decided("r4", "dana")])
+        assert statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert query(engine).beneficiaries_reached == 2
+
+
 def test_people_reached_uses_the_largest_household_whatever_order_rows_arrive_in(engine):
     apply(engine, [decided("r1", "anna", household=6, assistance="food_kit")])
     apply(engine, [decided("r2", "anna", household=2), *paid("r2", "anna")])
