@@ -1,9 +1,13 @@
 """Events: versioned envelopes, and a single door that refuses anything malformed."""
 
+from datetime import UTC, date
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.events import UPCASTERS, PersonsMerged, PoisonMessage, parse_event
+from shared.events import UPCASTERS, EligibilityDecided, PersonsMerged, PoisonMessage, parse_event
 
 
 def test_an_event_round_trips_through_its_bytes():
@@ -74,3 +78,21 @@ def test_a_version_1_registration_is_read_as_version_2_without_a_block():
     body = {**old, "schema_version": 2}
     with pytest.raises(PoisonMessage, match="block_key"):
         parse_event(body)  # version 2 must say which block, even if none
+
+
+@settings(max_examples=300)
+@given(
+    text=st.text(),
+    words=st.lists(st.text(max_size=6), max_size=3),
+    at=st.datetimes(timezones=st.just(UTC)),
+    amount=st.none() | st.integers(0, 10**15),
+)
+def test_an_events_bytes_are_its_envelope_as_json(text, words, at, amount):
+    event = EligibilityDecided(
+        row_id="B1-1", batch_id="B1", partner_id="p1", partner_name=text, person_id="P1", decision="eligible",
+        reasons=words, policy_version="v1", cycle="2026-11", assistance="cash_relief", country="MY", sex="F",
+        age_years=34, household_size=3, registered_on=date(2026, 1, 2), amount_minor=amount, currency="MYR",
+        payout_method="e_wallet", payout_account_sealed=None, occurred_at=at,
+    )  # fmt: skip
+    assert event.to_bytes() == orjson.dumps(event.envelope())
+    assert parse_event(event.to_bytes()) == event
