@@ -33,12 +33,21 @@ CONSUMER = "eligibility"
 IDENTITY_LOCK = "eligibility-identity"
 # Ids derived from what they name, so a rebuilt database replaying the topic issues the same ids.
 _NAMESPACE = uuid.UUID("6f0d7a3e-3c1b-4a53-9a57-2f3f1c2b9e41")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 Message = tuple[str, str | None, Event]
 
 
 def derived_id(*parts: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+    """`str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))`, the same text at half the cost (two per
+    row): SHA-1 of namespace and name, version and variant bits set, formatted without a UUID."""
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + "\x1f".join(parts).encode(), usedforsecurity=False).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class RowConflict(Exception):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlmodel import func, select
 
 from services.eligibility import store
@@ -446,3 +448,14 @@ def test_a_database_from_before_the_kept_count_gets_it_from_a_scan_at_start_up(h
     with transaction(harness.engine) as session:
         assert store.count_persons(session) == 4
         assert session.exec(select(store.Tally.value)).one() == 4  # read from the kept row
+
+
+@given(parts=st.lists(st.text(max_size=80), min_size=1, max_size=4))
+def test_derived_ids_are_the_version_5_uuids_of_their_parts(parts):
+    import uuid
+
+    from services.eligibility.handlers import _NAMESPACE, derived_id
+
+    expected = uuid.uuid5(_NAMESPACE, "\x1f".join(parts))
+    assert derived_id(*parts) == str(expected)
+    assert uuid.UUID(derived_id(*parts)).version == 5
