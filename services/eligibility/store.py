@@ -280,7 +280,6 @@ def load_snapshot(
                 .where(one_of(session, IdentityKey.key, chunk))  # type: ignore[attr-defined]
             ).all()
         )
-    near_persons: set[str] = set()
     for chunk in _chunks(sorted(set(block_keys))):
         rows = session.execute(
             select(NearSet.block_key, NearSet.near_keys, Person.survivor_id, NearSet.row_id)  # type: ignore[call-overload]
@@ -291,8 +290,11 @@ def load_snapshot(
             block = snapshot.near.setdefault(block_key, {})
             for near_key in keys.split():
                 block.setdefault(near_key, []).append((survivor, row_id))
-            near_persons.add(survivor)
-    persons = sorted(set(snapshot.key_owners.values()) | near_persons)
+    # Standings, approvals and reviewed pairs are needed for the persons a row can resolve to: the
+    # owners of its keys (persons made in the batch have none stored yet). A near match only
+    # opens a review against the row's person, whose pairs are loaded with it; the persons of a
+    # row's block (often hundreds) are not read further.
+    persons = sorted(set(snapshot.key_owners.values()))
     member = aliased(Person)
     side_a = aliased(Person)
     side_b = aliased(Person)
