@@ -480,9 +480,8 @@ def count_persons_if_missing(session: Session) -> bool:
     between the scan and the insert. Returns whether it did."""
     if session.execute(select(Tally.value).where(Tally.name == PERSONS)).first() is not None:  # type: ignore[arg-type]
         return False
-    _insert_rows(
-        session, Tally.__table__, [{"name": PERSONS, "value": _scan_persons(session)}], ignore_duplicates=True
-    )  # type: ignore[attr-defined]
+    table = Tally.__table__  # type: ignore[attr-defined]
+    _insert_rows(session, table, [{"name": PERSONS, "value": _scan_persons(session)}], ignore_duplicates=True)
     return True
 
 

@@ -245,7 +245,7 @@ def save_decisions(
     if not rows:
         return set()
     stored: dict[str, tuple[str, str, str]] = {}
-    paid: set[str] = set()
+    paid = _paid_rows(session, {row["row_id"] for row in rows})
     for chunk in _chunks({row["row_id"] for row in rows}):
         stored.update(
             (row_id, (person_id, decision, assistance))
@@ -254,13 +254,6 @@ def save_decisions(
                     one_of(session, ROWS.c.row_id, chunk)
                 )
             )
-        )
-        paid.update(
-            session.execute(
-                select(PAYMENTS.c.row_id).where(
-                    one_of(session, PAYMENTS.c.row_id, chunk), PAYMENTS.c.status == "paid"
-                )
-            ).scalars()
         )
     touched: set[str] = set()
     for row in rows:
@@ -279,6 +272,20 @@ def save_decisions(
     )
     insert_many(session, statement, rows)
     return touched
+
+
+def _paid_rows(session: Session, row_ids: Collection[str]) -> set[str]:
+    """The rows among `row_ids` whose payment is `paid` now."""
+    paid: set[str] = set()
+    for chunk in _chunks(row_ids):
+        paid.update(
+            session.execute(
+                select(PAYMENTS.c.row_id).where(
+                    one_of(session, PAYMENTS.c.row_id, chunk), PAYMENTS.c.status == "paid"
+                )
+            ).scalars()
+        )
+    return paid
 
 
 def save_payments(session: Session, payments: Iterable[PaymentState]) -> set[str]:
@@ -430,15 +437,7 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
             )
             for r in found
         )  # fmt: skip
-    paid_rows: set[str] = set()
-    for chunk in _chunks({row.row_id for row in rows if row.assistance == "cash_relief"}):
-        paid_rows.update(
-            session.execute(
-                select(PAYMENTS.c.row_id).where(
-                    one_of(session, PAYMENTS.c.row_id, chunk), PAYMENTS.c.status == "paid"
-                )
-            ).scalars()
-        )
+    paid_rows = _paid_rows(session, {row.row_id for row in rows if row.assistance == "cash_relief"})
     delivered: dict[str, list[RowDecision]] = {}
     for row in rows:
         if is_delivered(row, paid_rows):
