@@ -95,6 +95,7 @@ class LocalPostgres:
                 "trust",
                 "-E",
                 "UTF8",
+                "--lc-collate=C",  # see shared.db.ensure_postgres_database
                 "--no-sync",
             )
         if not self.is_running():

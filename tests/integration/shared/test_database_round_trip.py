@@ -258,3 +258,22 @@ def test_sqlite_folds_its_log_back_every_few_thousand_pages_not_every_commit(eng
     finally:
         raw.close()
     assert frames > 1_500  # SQLite's default would have started its log again past 1,000
+
+
+def test_a_new_postgresql_database_compares_text_by_bytes(postgres, test_id):
+    from sqlalchemy import text
+
+    engine = make_engine(f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/c{test_id}")
+    try:
+        with engine.connect() as connection:
+            collation = connection.execute(
+                text("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+            ).scalar_one()
+            words = ["b", "B", "a-c", "ab", "é", "z"]
+            ordered = connection.execute(
+                text("SELECT w FROM unnest(CAST(:words AS text[])) AS w ORDER BY w"), {"words": words}
+            ).scalars()
+            assert collation == "C"
+            assert list(ordered) == sorted(words, key=lambda word: word.encode())
+    finally:
+        engine.dispose()
