@@ -235,20 +235,23 @@ class _Batch:
             return
         block = self.snapshot.near.setdefault(event.block_key, {})
         near_keys = list(dict.fromkeys(event.near_keys))
-        matches = [
-            domain.NearMatch(self.find(other), row_id)
-            for near_key in near_keys
-            for other, row_id in block.get(near_key, ())
-        ]
-        if any(match.person_id != person_id for match in matches):
-            self._flag(event, person_id, matches)
+        # One pass over the filed entries: keys the person already holds, and the other persons
+        # met (rare: most entries are the person's own earlier spellings).
+        find = self.find
+        held: set[str] = set()
+        others: list[domain.NearMatch] = []
+        for near_key in near_keys:
+            for other, row_id in block.get(near_key, ()):
+                owner = find(other)
+                if owner == person_id:
+                    held.add(near_key)
+                else:
+                    others.append(domain.NearMatch(owner, row_id))
+        if others:
+            self._flag(event, person_id, others)
         # Keys the person already holds in this block add nothing: the same name registered again
         # (the usual duplicate) writes no near-key row.
-        new_keys = [
-            near_key
-            for near_key in near_keys
-            if all(self.find(other) != person_id for other, _ in block.get(near_key, ()))
-        ]
+        new_keys = [near_key for near_key in near_keys if near_key not in held]
         if not new_keys:
             return
         for near_key in new_keys:
