@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
 
-from shared.db import WITHOUT_ROWID, insert_many, one_of
+from shared.db import WITHOUT_ROWID, append_rows, insert_many, one_of
 from shared.events import Event, utc_now
 from shared.logging import get_logger
 
@@ -69,7 +69,7 @@ def add_to_outbox(session: Session, messages: Iterable[tuple[str, str | None, Ev
         }
         for topic, key, event in messages
     ]
-    insert_many(session, insert(OutboxMessage), rows)
+    append_rows(session, OutboxMessage.__table__, rows)  # type: ignore[attr-defined]
     return len(rows)
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from services.disbursement import store
-from shared.db import insert_many, one_of, transaction
+from shared.db import append_rows, one_of, transaction
 from shared.events import utc_now
 
 ReplyStatus = Literal["paid", "accepted", "refused"]
@@ -206,7 +206,7 @@ class SimulatedProvider(ProviderAdapter):
                 else:
                     results.append(reply)
             if new_rows:
-                insert_many(session, insert(table), new_rows)
+                append_rows(session, table, new_rows)
         self.executed += len(new_rows)
         self.lost_replies += sum(1 for fate in fates if fate == "lost_reply")
         return results

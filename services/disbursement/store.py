@@ -31,7 +31,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel
 
 from services.disbursement.domain import LIVE, PAID, PENDING_APPROVAL, REVERSED, LedgerPosition
-from shared.db import WITHOUT_ROWID, insert_many, one_of, update_many
+from shared.db import WITHOUT_ROWID, append_rows, insert_many, one_of, update_many
 
 CHUNK = 500
 
@@ -343,7 +343,7 @@ def update_payments(session: Session, changes: Sequence[dict[str, Any]]) -> None
 
 def add_ledger_entries(session: Session, entries: Sequence[dict[str, Any]]) -> None:
     for chunk in _chunks(entries):
-        insert_many(session, insert(LEDGER), chunk)
+        append_rows(session, LEDGER, chunk)
 
 
 def list_payments(

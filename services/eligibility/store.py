@@ -31,7 +31,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Field, Session, SQLModel, col
 
 from services.eligibility.domain import PersonStanding
-from shared.db import WITHOUT_ROWID, insert_many, one_of
+from shared.db import WITHOUT_ROWID, append_rows, insert_many, one_of
 
 # ---- tables ----------------------------------------------------------------------------------
 
@@ -214,6 +214,9 @@ def _insert_rows(
 ) -> None:
     if not rows:
         return
+    if not ignore_duplicates:
+        append_rows(session, table, rows)
+        return
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         statement: Any = postgresql.insert(table)
@@ -221,9 +224,7 @@ def _insert_rows(
         statement = sqlite.insert(table)
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database {dialect}")
-    if ignore_duplicates:
-        statement = statement.on_conflict_do_nothing()
-    insert_many(session, statement, rows)
+    insert_many(session, statement.on_conflict_do_nothing(), rows)
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:

@@ -16,7 +16,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
-    insert,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Column, Field, Session, SQLModel
 
 from services.intake.domain import RowError
-from shared.db import WITHOUT_ROWID, insert_many, one_of, transaction, update_many
+from shared.db import WITHOUT_ROWID, append_rows, insert_many, one_of, transaction, update_many
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -216,7 +215,7 @@ def partner_refs_taken(session: Session, partner_id: str, refs: Sequence[str]) -
 
 def insert_beneficiaries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        insert_many(session, insert(_beneficiaries), rows)
+        append_rows(session, _beneficiaries, rows)
         _count(session, Counter((row["batch_id"], None, row["assistance"], None) for row in rows))
 
 
@@ -231,7 +230,7 @@ def insert_rejections(session: Session, batch_id: str, errors: Iterable[RowError
         }
         for e in errors
     ]
-    insert_many(session, insert(_rejections), rows)
+    append_rows(session, _rejections, rows)
 
 
 def rejections_of(session: Session, batch_id: str) -> list[RowError]:

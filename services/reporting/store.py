@@ -25,7 +25,6 @@ from sqlalchemy import (
     Index,
     delete,
     func,
-    insert,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -42,7 +41,7 @@ from services.reporting.domain import (
     person_roots,
     summarise_person,
 )
-from shared.db import WITHOUT_ROWID, insert_many, one_of, serialise_writers
+from shared.db import WITHOUT_ROWID, append_rows, insert_many, one_of, serialise_writers
 
 CHUNK = 500  # ids per IN (...) list
 
@@ -510,8 +509,8 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
             {"breakdown": breakdown, "grp": group, "person_id": person_id}
             for breakdown, group in sorted(memberships)
         )
-    insert_many(session, insert(PERSONS), persons)
-    insert_many(session, insert(GROUPS), groups)
+    append_rows(session, PERSONS, persons)
+    append_rows(session, GROUPS, groups)
     _move_counts(session, counts)
 
 

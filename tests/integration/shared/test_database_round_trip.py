@@ -277,3 +277,66 @@ def test_a_new_postgresql_database_compares_text_by_bytes(postgres, test_id):
             assert list(ordered) == sorted(words, key=lambda word: word.encode())
     finally:
         engine.dispose()
+
+
+def test_appended_rows_keep_every_value_and_a_duplicate_fails_as_a_statement_would(engine):
+    """`append_rows` (binary COPY on PostgreSQL): each column type round-trips, the column types'
+    own conversions run (a timestamp in another zone is stored as UTC), Python-side defaults
+    fill left-out columns, and a duplicate key is an IntegrityError that leaves the session
+    usable after rollback."""
+    from datetime import UTC, date, datetime, timedelta, timezone
+
+    from sqlalchemy import BigInteger, Boolean, Column, Date, Integer, LargeBinary, MetaData, String, Table
+    from sqlalchemy.exc import IntegrityError
+    from sqlmodel import Session
+
+    from services.disbursement.store import UtcDateTime
+    from shared.db import append_rows
+
+    metadata = MetaData()
+    table = Table(
+        "append_probe",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key", String(64), unique=True, nullable=False),
+        Column("at", UtcDateTime, nullable=False),
+        Column("born", Date),
+        Column("amount", BigInteger),
+        Column("payload", LargeBinary),
+        Column("flag", Boolean),
+        Column("note", String(20), default="filled"),
+    )
+    metadata.create_all(engine)
+    plus_eight = timezone(timedelta(hours=8))
+    rows = [
+        {
+            "key": f"k-{index}-é",
+            "at": datetime(2026, 3, 1, 8, 0, index, tzinfo=plus_eight),
+            "born": date(1990, 1, 1 + index),
+            "amount": 2**40 + index,
+            "payload": bytes([index, 0, 255]),
+            "flag": index % 2 == 0,
+        }
+        for index in range(3)
+    ]
+    rows.append({"key": "k-none", "at": datetime(2026, 3, 1, tzinfo=UTC), "born": None, "amount": None,
+                 "payload": None, "flag": None})  # fmt: skip
+    with transaction(engine) as session:
+        append_rows(session, table, rows)
+    with Session(engine) as session:
+        stored = session.execute(table.select().order_by(table.c.id)).mappings().all()
+    assert [row["key"] for row in stored] == [row["key"] for row in rows]
+    assert stored[1]["at"] == datetime(2026, 3, 1, 0, 0, 1, tzinfo=UTC)
+    assert stored[1]["at"].utcoffset() == timedelta(0)
+    for expected, got in zip(rows, stored, strict=True):
+        for name in ("born", "amount", "payload", "flag"):
+            assert got[name] == expected[name], name
+        assert got["note"] == "filled"
+    with pytest.raises(IntegrityError), transaction(engine) as session:
+        append_rows(session, table, [{**rows[0], "key": "k-new"}, {**rows[1]}])
+    with transaction(engine) as session:
+        append_rows(session, table, [{**rows[0], "key": "k-after"}])
+    with Session(engine) as session:
+        keys = session.execute(table.select().with_only_columns(table.c.key)).scalars().all()
+    assert "k-new" not in keys and "k-after" in keys
+    metadata.drop_all(engine)
