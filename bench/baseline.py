@@ -18,6 +18,8 @@ from faststream.kafka.annotations import KafkaMessage
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from shared.service import settle_heap
+
 PAYLOAD = b'{"event_type":"beneficiary.registered","schema_version":1,' + b'"x":"' + b"a" * 420 + b'"}'
 
 
@@ -66,7 +68,9 @@ async def raw_rates(bootstrap: str, messages: int = 200_000) -> dict[str, float]
 
 
 async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 4) -> dict[str, Any]:
-    """Records per second through `hops` chained batch consumers that only republish."""
+    """Records per second through `hops` chained batch consumers that only republish, under the
+    services' own collector settings (`settle_heap`)."""
+    settle_heap()
     run = uuid.uuid4().hex[:8]
     topics = [f"bench-hop-{run}-{index}" for index in range(hops + 1)]
     _create_topics(bootstrap, topics)
