@@ -18,6 +18,7 @@ from faststream.kafka.annotations import KafkaMessage
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from shared.kafka import COMPRESSION
 from shared.service import settle_heap
 
 PAYLOAD = b'{"event_type":"beneficiary.registered","schema_version":1,' + b'"x":"' + b"a" * 420 + b'"}'
@@ -39,7 +40,7 @@ async def raw_rates(bootstrap: str, messages: int = 200_000) -> dict[str, float]
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     _create_topics(bootstrap, [topic])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-                                max_batch_size=512 * 1024, compression_type="lz4")  # fmt: skip
+                                max_batch_size=512 * 1024, compression_type=COMPRESSION)  # fmt: skip
     await producer.start()
     started = time.perf_counter()
     futures = []
@@ -75,7 +76,7 @@ async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 
     topics = [f"bench-hop-{run}-{index}" for index in range(hops + 1)]
     _create_topics(bootstrap, topics)
     broker = KafkaBroker(bootstrap, acks="all", enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024,
-                         compression_type="lz4", logger=None)  # fmt: skip
+                         compression_type=COMPRESSION, logger=None)  # fmt: skip
     arrived = 0
     done = asyncio.Event()
 

@@ -30,7 +30,7 @@ def make_broker(settings: Settings, *, client_id: str = "relief") -> KafkaBroker
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        compression_type="lz4" if _lz4_available() else None,
+        compression_type=COMPRESSION if _snappy_available() else None,
         max_batch_size=512 * 1024,
         request_timeout_ms=30_000,
         ack_policy=AckPolicy.NACK_ON_ERROR,
@@ -38,7 +38,13 @@ def make_broker(settings: Settings, *, client_id: str = "relief") -> KafkaBroker
     )
 
 
-def _lz4_available() -> bool:
+# Snappy, not LZ4: aiokafka compresses LZ4 at level 9 (LZ4HC) with no way to choose, which cost
+# 8.7 ms of CPU per 374 KB record batch of registrations (a quarter of intake's publishing)
+# against 0.98 ms for Snappy; Snappy's batches are 15 % larger (0.61 of the raw size, not 0.53).
+COMPRESSION = "snappy"
+
+
+def _snappy_available() -> bool:
     try:
         import cramjam  # noqa: F401
     except ImportError:

@@ -134,7 +134,7 @@ def test_topics_are_created_with_their_partition_counts(make_settings):
     }
 
 
-async def test_batched_publishing_keeps_each_key_on_its_partition_and_in_order(make_settings):
+async def test_batched_publishing_keeps_each_key_on_its_partition_and_in_order(make_settings, kafka):
     """Records go out as one batch per partition (several, past the batch size): every record once,
     each key on the partition a record-by-record publish gives it, in the order it was sent."""
     settings = make_settings()
@@ -180,3 +180,13 @@ async def test_batched_publishing_keeps_each_key_on_its_partition_and_in_order(m
         assert message.partition == single[key], key
         by_key.setdefault(key, []).append(sequence)
     assert all(found == sorted(found) for found in by_key.values())
+    # What the broker stored is Snappy-compressed (record batch attributes, codec bits: 2).
+    codecs = set()
+    for segment in kafka.log_dir.glob(f"{topic}-*/*.log"):
+        data = segment.read_bytes()
+        position = 0
+        while position + 61 <= len(data):
+            length = int.from_bytes(data[position + 8 : position + 12], "big")
+            codecs.add(int.from_bytes(data[position + 21 : position + 23], "big") & 0x7)
+            position += 12 + length
+    assert codecs == {2}, codecs
