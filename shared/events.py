@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal
@@ -34,11 +33,18 @@ _ids = random.Random()  # noqa: S311 - ids must be unique, not secret
 os.register_at_fork(after_in_child=_ids.seed)
 
 
+# A version 4 UUID as an integer: 122 random bits, the version (4) and the RFC 4122 variant.
+_RANDOM_BITS = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)
+
+
 def new_event_id() -> str:
-    """A random (version 4) UUID. Unlike `uuid.uuid4()` this makes no system call, so the event
-    loop never gives up the GIL to the database threads for an id (measured: a quarter of a busy
-    relay's loop time)."""
-    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    """A random (version 4) UUID in its usual text form. Unlike `uuid.uuid4()` this makes no
+    system call, so the event loop never gives up the GIL to the database threads for an id
+    (measured: a quarter of a busy relay's loop time); formatted directly, not through a `UUID`
+    object (4.8 -> 2.0 µs)."""
+    h = "%032x" % (_ids.getrandbits(128) & _RANDOM_BITS | _VERSION_4)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def utc_now() -> datetime:

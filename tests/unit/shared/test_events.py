@@ -59,6 +59,8 @@ def test_event_ids_stay_unique_whoever_seeds_the_random_module():
     second = [new_event_id() for _ in range(1000)]
     assert len(set(first) | set(second)) == 2000
     assert all(uuid.UUID(value).version == 4 for value in first)
+    assert all(uuid.UUID(value).variant == uuid.RFC_4122 for value in first)
+    assert all(str(uuid.UUID(value)) == value for value in first)  # the canonical text form
 
 
 def test_a_version_1_registration_is_read_as_version_2_without_a_block():
