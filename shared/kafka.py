@@ -36,6 +36,7 @@ def make_broker(settings: Settings, *, client_id: str = "relief") -> KafkaBroker
         request_timeout_ms=30_000,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         graceful_timeout=15.0,
+        id_generator=new_event_id,  # correlation ids; FastStream's default `uuid4` is a system call
     )
 
 
@@ -105,8 +106,6 @@ class BrokerPublisher:
                         topic=topic,
                         partition=partition,
                         headers={"content-type": "application/json"},
-                        # FastStream's default is `uuid4`, a system call; ours makes none.
-                        correlation_id=new_event_id(),
                         no_confirm=True,
                     )
                 )
