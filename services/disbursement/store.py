@@ -71,7 +71,7 @@ class Payment(SQLModel, table=True):
     )
 
     payment_ref: str = Field(primary_key=True, max_length=40)
-    person_id: str = Field(max_length=64, index=True)
+    person_id: str = Field(max_length=64)  # looked up through uq_disbursement_payment_person_cycle
     cycle: str = Field(max_length=32)
     row_id: str = Field(max_length=64)
     batch_id: str = Field(max_length=64)
@@ -102,7 +102,7 @@ class LedgerEntry(SQLModel, table=True):
     id: int | None = Field(
         default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     )
-    payment_ref: str = Field(max_length=40, index=True)
+    payment_ref: str = Field(max_length=40)  # looked up through uq_disbursement_ledger_sequence
     sequence: int
     status: str = Field(max_length=20)
     amount_minor: int = _money()
