@@ -97,4 +97,16 @@ def test_an_events_bytes_are_its_envelope_as_json(text, words, at, amount):
         payout_method="e_wallet", payout_account_sealed=None, occurred_at=at,
     )  # fmt: skip
     assert event.to_bytes() == orjson.dumps(event.envelope())
-    assert parse_event(event.to_bytes()) == event
+    assert parse_event(event.to_bytes()) == event  # straight from JSON
+    assert parse_event(orjson.loads(event.to_bytes())) == event  # through a dictionary
+
+
+def test_bytes_that_open_like_an_event_but_break_it_get_the_reason():
+    event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="review")
+    raw = event.to_bytes()
+    with pytest.raises(PoisonMessage, match="invalid persons.merged: cause"):
+        parse_event(raw.replace(b'"review"', b'"guess"'))
+    with pytest.raises(PoisonMessage, match="invalid persons.merged: surprise"):
+        parse_event(raw[:-1] + b',"surprise":1}')
+    with pytest.raises(PoisonMessage, match="not JSON"):
+        parse_event(raw[:-1])
