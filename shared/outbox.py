@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Column, LargeBinary, delete, func, insert, select
+from sqlalchemy import Column, LargeBinary, delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col
@@ -115,12 +115,11 @@ def forget_rows_sent_before(engine: Engine) -> int:
 
 
 def outbox_backlog(session: Session) -> tuple[int, float]:
-    """Unsent messages and the age in seconds of the oldest one (both from the unsent-rows index:
-    ids grow with time, so the oldest is the lowest id)."""
-    unsent = OutboxMessage.sent_at.is_(None)  # type: ignore[union-attr]
-    count = session.execute(select(func.count()).select_from(OutboxMessage).where(unsent)).scalar_one()
+    """Unsent messages (every row in the table, as `OutboxRelay.unsent_query` says) and the age in
+    seconds of the oldest one: ids grow with time, so the oldest is the lowest id."""
+    count = session.execute(select(func.count()).select_from(OutboxMessage)).scalar_one()
     oldest = session.execute(
-        select(OutboxMessage.created_at).where(unsent).order_by(OutboxMessage.id).limit(1)  # type: ignore[call-overload]
+        select(OutboxMessage.created_at).order_by(OutboxMessage.id).limit(1)  # type: ignore[call-overload]
     ).scalar()
     age = 0.0
     if oldest is not None:
@@ -170,7 +169,17 @@ class OutboxRelay:
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
 
-    def _unsent_query(self) -> Any:
+    def claim_statements(self) -> list[Any]:
+        """What a claim runs, in order, in its transaction: the next batch in id order.
+
+        Every row in the table is unsent (published rows are deleted, and rows earlier versions
+        marked sent are deleted at start-up), so there is no `sent_at IS NULL` filter. On
+        PostgreSQL the claim forbids sorting: the row locks sit between the limit and the sort,
+        so a sort is of the whole table, payloads and all, and the planner chose one whenever its
+        statistics came from an emptier table (after a vacuum of a drained outbox, before the
+        first analyze): 60 ms a claim of 1,000 among 23,000 rows, spilled to disk, against 1.7 ms
+        walking the primary key.
+        """
         query = (
             select(
                 OutboxMessage.id,
@@ -179,14 +188,13 @@ class OutboxRelay:
                 OutboxMessage.payload,
                 OutboxMessage.event_id,
             )  # type: ignore[call-overload]
-            .where(OutboxMessage.sent_at.is_(None))  # type: ignore[union-attr]
             .order_by(OutboxMessage.id)
             .limit(self.batch_size)
         )
-        if self.engine.dialect.name == "postgresql":
-            # Replicas sharing one database each take different rows and never publish a row twice.
-            query = query.with_for_update(skip_locked=True)
-        return query
+        if self.engine.dialect.name != "postgresql":
+            return [query]
+        # Replicas sharing one database each take different rows and never publish a row twice.
+        return [text("SET LOCAL enable_sort = off"), query.with_for_update(skip_locked=True)]
 
     @staticmethod
     def _forget_sent(session: Session, published: list[tuple[int, str]]) -> None:
@@ -229,8 +237,14 @@ class OutboxRelay:
         session = Session(self.engine)
         try:
             transaction = session.begin()
-            query = self._unsent_query()
-            rows = await asyncio.to_thread(lambda: [tuple(row) for row in session.execute(query).all()])
+            *settings, query = self.claim_statements()
+
+            def claim() -> list[tuple[Any, ...]]:
+                for setting in settings:
+                    session.execute(setting)
+                return [tuple(row) for row in session.execute(query).all()]
+
+            rows = await asyncio.to_thread(claim)
             if not rows or self.engine.dialect.name != "postgresql":
                 transaction.rollback()
             if not rows:

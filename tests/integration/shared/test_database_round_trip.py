@@ -340,3 +340,28 @@ def test_appended_rows_keep_every_value_and_a_duplicate_fails_as_a_statement_wou
         keys = session.execute(table.select().with_only_columns(table.c.key)).scalars().all()
     assert "k-new" not in keys and "k-after" in keys
     metadata.drop_all(engine)
+
+
+def test_the_relay_walks_the_outbox_by_its_key_whatever_the_statistics_say(engine):
+    """Statistics taken while the outbox was empty (as after a vacuum of a drained outbox) must not
+    turn the relay's claim into a sort of the whole table: PostgreSQL plans it on the primary key."""
+    from sqlalchemy import text
+
+    from shared.outbox import OutboxRelay
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE outbox_message"))  # the statistics of an empty table
+        connection.commit()
+    event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="identity_rule")
+    with transaction(engine) as session:
+        add_to_outbox(session, [("t", f"k{i}", event) for i in range(5000)])
+    *settings, query = OutboxRelay(engine, publisher=None, batch_size=1000).claim_statements()
+    sql = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    with engine.connect() as connection:
+        for setting in settings:
+            connection.execute(setting)
+        plan = "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
+    assert "Index Scan using outbox_message_pkey" in plan, plan
+    assert "Sort" not in plan, plan
