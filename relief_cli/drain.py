@@ -9,16 +9,22 @@ from typing import Any
 import httpx
 from kafka.errors import KafkaError
 
-from shared.kafka import consumer_lag
+from shared.kafka import LagReader
 from shared.settings import Settings
 from shared.topics import consumer_subscriptions
 
 
-def pipeline_state(settings: Settings) -> dict[str, Any]:
+def pipeline_state(settings: Settings, lag_reader: LagReader | None = None) -> dict[str, Any]:
+    """Intake's progress and every group's lag; pass a `LagReader` when asking again and again."""
     response = httpx.get(f"{settings.service_url('intake')}/v1/progress", timeout=10.0)
     response.raise_for_status()
     progress = response.json()
-    lag = consumer_lag(settings, consumer_subscriptions(settings.topic, settings.group_id))
+    subscriptions = consumer_subscriptions(settings.topic, settings.group_id)
+    if lag_reader is None:
+        with LagReader(settings) as reader:
+            lag = reader.read(subscriptions)
+    else:
+        lag = lag_reader.read(subscriptions)
     total_lag = sum(lag.values())
     return {
         "drained": progress["pending"] == 0 and total_lag == 0,

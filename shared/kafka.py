@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaPublishMessage
@@ -182,19 +183,60 @@ def ensure_topics(
         admin.close()
 
 
-def consumer_lag(
-    settings: Settings, subscriptions: Mapping[str, Sequence[str]]
-) -> dict[tuple[str, str], int]:
-    """(group, topic) → records not yet committed by that group, over every partition.
+class LagReader:
+    """Reads consumer lag with one admin client and one consumer, kept open between reads.
 
-    `subscriptions` maps a consumer group to the (prefixed) topics it reads. A partition the group
-    has never committed on counts from its start, so a group that has not begun is not "drained".
+    A one-off read (`consumer_lag`) connects twice, probes versions and fetches metadata each
+    time; anything that polls (the drain wait, the benchmark's sampler) keeps a reader instead.
+    After a failed read the clients are dropped, so the next read connects afresh (a restarted
+    broker is not read through a dead connection).
     """
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="relief-lag")
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="relief-lag")
-    try:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    def __enter__(self) -> LagReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
+        for client in (consumer, admin):
+            if client is not None:
+                with contextlib.suppress(Exception):  # closing a client of a broker that is gone
+                    client.close()
+
+    def read(self, subscriptions: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+        """(group, topic) → records not yet committed by that group, over every partition.
+
+        `subscriptions` maps a consumer group to the (prefixed) topics it reads. A partition the
+        group has never committed on counts from its start, so a group that has not begun is
+        not "drained".
+        """
+        try:
+            return self._read(subscriptions)
+        except Exception:
+            self.close()
+            raise
+
+    def _read(self, subscriptions: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.settings.bootstrap_servers, client_id="relief-lag"
+            )
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                client_id="relief-lag",
+                request_timeout_ms=15_000,  # a broker gone mid-read fails the read, not hangs it
+            )
+        admin, consumer = self._admin, self._consumer
         lag: dict[tuple[str, str], int] = {}
         for group, topics in subscriptions.items():
             committed = admin.list_group_offsets({group: None}).get(group, {})
@@ -215,6 +257,11 @@ def consumer_lag(
                 key = (group, partition.topic)
                 lag[key] = lag.get(key, 0) + max(0, ends.get(partition, 0) - offset)
         return lag
-    finally:
-        consumer.close()
-        admin.close()
+
+
+def consumer_lag(
+    settings: Settings, subscriptions: Mapping[str, Sequence[str]]
+) -> dict[tuple[str, str], int]:
+    """One read of `LagReader.read`, with clients opened for it and closed after."""
+    with LagReader(settings) as reader:
+        return reader.read(subscriptions)

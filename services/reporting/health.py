@@ -13,7 +13,7 @@ from datetime import datetime
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.kafka import consumer_lag
+from shared.kafka import LagReader, consumer_lag
 from shared.settings import SERVICES, Settings
 from shared.topics import TOPICS, consumer_subscriptions
 
@@ -50,10 +50,10 @@ def _unprefixed(name: str, prefix: str) -> str:
     return name[len(prefix) :] if prefix and name.startswith(prefix) else name
 
 
-def measure_consumer_lag(settings: Settings) -> dict[tuple[str, str], int]:
+def measure_consumer_lag(settings: Settings, reader: LagReader | None = None) -> dict[tuple[str, str], int]:
     """(group, topic) → records the group has not committed yet, for every project group."""
     subscriptions: dict[str, Sequence[str]] = dict(consumer_subscriptions(settings.topic, settings.group_id))
-    lag = consumer_lag(settings, subscriptions)
+    lag = reader.read(subscriptions) if reader is not None else consumer_lag(settings, subscriptions)
     prefix = settings.topic_prefix
     return {
         (_unprefixed(group, prefix), _unprefixed(topic, prefix)): value

@@ -25,6 +25,7 @@ from services.reporting.health import (
 )
 from shared.db import make_reader
 from shared.events import utc_now
+from shared.kafka import LagReader
 from shared.logging import get_logger
 from shared.outbox import outbox_backlog
 from shared.settings import Settings
@@ -44,6 +45,7 @@ class ReportingState:
         self.settings = settings
         self.reader = make_reader(engine)
         self.clock = clock
+        self.lag_reader = LagReader(settings)  # kept open between refreshes
         self.snapshot: ReachSnapshot | None = None
         self.health = PipelineHealth()
 
@@ -74,7 +76,7 @@ class ReportingState:
         services = await check_services(self.settings, known=[own])
         previous = self.health
         try:
-            lag = await asyncio.to_thread(measure_consumer_lag, self.settings)
+            lag = await asyncio.to_thread(measure_consumer_lag, self.settings, self.lag_reader)
             dead = await asyncio.to_thread(measure_dead_letters, self.settings)
             error = None
         except Exception as problem:  # the broker away: keep the last figures, say so
@@ -90,4 +92,5 @@ class ReportingState:
         )
 
     def close(self) -> None:
+        self.lag_reader.close()
         self.reader.dispose()
