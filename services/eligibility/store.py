@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
-    Index,
     Table,
     UniqueConstraint,
     func,
@@ -101,7 +100,6 @@ class RowDecision(SQLModel, table=True):
     """The decision on each row, once: a row seen again is never decided a second time."""
 
     __tablename__ = "eligibility_decision"
-    __table_args__ = (Index("ix_eligibility_decision_batch", "batch_id"),)
 
     row_id: str = Field(primary_key=True, max_length=64)
     event_id: str = Field(max_length=64)

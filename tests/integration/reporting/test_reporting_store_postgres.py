@@ -39,3 +39,24 @@ def test_the_sql_reach_on_postgresql_equals_the_reference(postgres, test_id):
         check()
     finally:
         engine.dispose()
+
+
+def test_reached_persons_carry_one_index_led_by_the_person(postgres, test_id, tmp_path):
+    """Summaries are read and replaced by person; group sizes and breakdowns are kept counts. So the
+    group memberships need one index, led by the person, and the summaries none beyond their key."""
+    from sqlalchemy import inspect
+
+    urls = [
+        f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/t{test_id}_reporting_keys",
+        f"sqlite:///{tmp_path / 'reporting.sqlite'}",
+    ]
+    for url in urls:
+        engine = make_engine(url)
+        try:
+            create_tables(engine, store.TABLES)
+            schema = inspect(engine)
+            assert schema.get_pk_constraint("reach_person_group")["constrained_columns"][0] == "person_id"
+            assert schema.get_indexes("reach_person_group") == [], url
+            assert schema.get_indexes("reach_person") == [], url
+        finally:
+            engine.dispose()
