@@ -73,18 +73,25 @@ class BatchOutcome:
     rows_seen_again: int = 0
 
 
+# What a fingerprint leaves out: the event's own id and time; the sealed payout account (sealing
+# is randomised, so the same account sealed twice differs); the block key, which version 1 rows
+# lack (a row decided from version 1 and delivered again after the upgrade keeps its fingerprint).
+FINGERPRINT_EXCLUDES = frozenset({"event_id", "occurred_at", "payout_account_sealed", "block_key"})
+_FINGERPRINTED = tuple(sorted(set(BeneficiaryRegistered.model_fields) - FINGERPRINT_EXCLUDES))
+
+
 def fingerprint(event: BeneficiaryRegistered) -> str:
     """A digest of what the decision depends on, to tell a redelivered row from a modified one.
 
-    The sealed payout account is left out: sealing is randomised, so the same account sealed
-    twice differs. So is the block key, which version 1 rows lack: a row decided from version 1
-    and delivered again after the upgrade keeps its fingerprint.
+    SHA-256 of the row's other fields as sorted-key JSON, lists sorted: the bytes of
+    `orjson.dumps(event.model_dump(mode="json", exclude=FINGERPRINT_EXCLUDES), OPT_SORT_KEYS)`
+    (every field is text, a number, a list of text or a date, which orjson writes as pydantic
+    does), without building the dump (half the cost; stored fingerprints stay valid).
     """
-    body = event.model_dump(
-        mode="json", exclude={"event_id", "occurred_at", "payout_account_sealed", "block_key"}
-    )
-    body["near_keys"] = sorted(body["near_keys"])
-    body["vulnerabilities"] = sorted(body["vulnerabilities"])
+    fields = vars(event)
+    body = {name: fields[name] for name in _FINGERPRINTED}
+    body["near_keys"] = sorted(event.near_keys)
+    body["vulnerabilities"] = sorted(event.vulnerabilities)
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
