@@ -109,6 +109,8 @@ class Sampler(threading.Thread):
                     self._cpu("kafka", times.user + times.system)
                 except psutil.Error:
                     pass
+            # Only a read begun after the last upload was accepted can say the programme drained.
+            uploads_done = self.uploaded.is_set()
             try:
                 state = pipeline_state(self.stack.settings, self.lag_reader)
                 at = time.monotonic()
@@ -121,7 +123,7 @@ class Sampler(threading.Thread):
                         "lag_by_group": state["lag_by_group"],
                     }
                 )
-                if state["drained"] and self.uploaded.is_set():
+                if state["drained"] and uploads_done:
                     self.drained_at = at
                     self.drained.set()
             except Exception as error:  # a sample missed under load is not a failure

@@ -187,7 +187,8 @@ class LagReader:
     """Reads consumer lag with one admin client and one consumer, kept open between reads.
 
     A one-off read (`consumer_lag`) connects twice, probes versions and fetches metadata each
-    time; anything that polls (the drain wait, the benchmark's sampler) keeps a reader instead.
+    time; a poller that keeps asking (reporting's health refresh, the benchmark's sampler) keeps
+    a reader instead.
     After a failed read the clients are dropped, so the next read connects afresh (a restarted
     broker is not read through a dead connection).
     """

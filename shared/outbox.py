@@ -115,7 +115,7 @@ def forget_rows_sent_before(engine: Engine) -> int:
 
 
 def outbox_backlog(session: Session) -> tuple[int, float]:
-    """Unsent messages (every row in the table, as `OutboxRelay.unsent_query` says) and the age in
+    """Unsent messages (every row in the table, as `OutboxRelay.claim_statements` says) and the age in
     seconds of the oldest one: ids grow with time, so the oldest is the lowest id."""
     count = session.execute(select(func.count()).select_from(OutboxMessage)).scalar_one()
     oldest = session.execute(
