@@ -113,3 +113,47 @@ def test_keys_depend_on_the_secret_and_reveal_nothing_raw():
     b = other.keys_for(given_name="An", family_name="Nguyen", id_number="C1234567", **person)
     assert a.name_key != b.name_key
     assert "C1234567" not in a.document_key and "NGUYEN" not in a.name_key
+
+
+# ---- the fast paths agree with the definitions --------------------------------------------------
+
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from shared.identity import NEAR_KEY_HEX, _normalise_any  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)), st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_names_take_a_shortcut_to_the_same_normal_form(given_name, family_name):
+    assert normalise_name(given_name, family_name) == _normalise_any(f"{given_name} {family_name}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    secret=st.text(min_size=1, max_size=200),
+    given_name=st.text(min_size=1, max_size=30),
+    nationality=st.sampled_from(["VNM", "KHM", "MMR", "THA"]),
+    born=st.dates(min_value=date(1900, 1, 1), max_value=date(2030, 12, 31)),
+    id_number=st.text(alphabet="AB12- ", min_size=1, max_size=12),
+)
+def test_keys_are_hmac_sha256_of_the_secret_bit_for_bit(secret, given_name, nationality, born, id_number):
+    def reference(*parts: str) -> str:
+        return hmac.new(secret.encode(), "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    keys = IdentityHasher(secret).keys_for(
+        nationality=nationality, date_of_birth=born, given_name=given_name, family_name=None,
+        id_type="passport", id_number=id_number,
+    )  # fmt: skip
+    name, birth = normalise_name(given_name), born.isoformat()
+    assert keys.document_key == reference(
+        "document", nationality, "passport", normalise_document_number(id_number)
+    )
+    assert keys.name_key == reference("name", nationality, birth, name)
+    assert keys.block_key == reference("block", nationality, birth)
+    assert keys.near_keys == tuple(
+        sorted(reference("near", nationality, birth, v)[:NEAR_KEY_HEX] for v in deletion_neighbourhood(name))
+    )
