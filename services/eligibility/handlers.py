@@ -25,7 +25,7 @@ from shared.auth import Principal
 from shared.db import serialise_writers, transaction
 from shared.events import BeneficiaryRegistered, EligibilityDecided, Event, PersonsMerged, utc_now
 from shared.logging import get_logger
-from shared.outbox import add_to_outbox, claim_new_events
+from shared.outbox import add_to_outbox
 
 log = get_logger(__name__)
 
@@ -114,12 +114,10 @@ def decide_registrations(
     with a handful of statements per batch instead of a dozen per row.
     """
     outcome = BatchOutcome()
-    fresh = claim_new_events(session, CONSUMER, [event.event_id for event in events])
-    rows: list[BeneficiaryRegistered] = []
-    for event in events:
-        if event.event_id in fresh:
-            fresh.discard(event.event_id)  # the same event twice in one batch is decided once
-            rows.append(event)
+    # Each row is decided once (its decision is keyed by row id), so the decision table is the
+    # record of what was processed: an event delivered again, even within this batch, finds its
+    # own event id there (`_Batch.decide`).
+    rows = events
     if not rows:
         return outcome
     snapshot = store.load_snapshot(
@@ -166,15 +164,17 @@ class _Batch:
         return domain.PersonStanding(person_id, self.snapshot.created_order[person_id], first)
 
     def decide(self, event: BeneficiaryRegistered) -> None:
-        row_fingerprint = fingerprint(event)
         earlier = self.snapshot.decided.get(event.row_id)
+        if earlier is not None and earlier[1] == event.event_id:
+            return  # the same event delivered again: decided already, nothing to count
+        row_fingerprint = fingerprint(event)
         if earlier is not None:
-            if earlier != row_fingerprint:
+            if earlier[0] != row_fingerprint:
                 raise RowConflict(f"row {event.row_id} was decided before with different content")
             self.outcome.rows_seen_again += 1
             log.info("row_seen_again", row_id=event.row_id, event_id=event.event_id)
             return
-        self.snapshot.decided[event.row_id] = row_fingerprint
+        self.snapshot.decided[event.row_id] = (row_fingerprint, event.event_id)
         person_id = self._resolve_person(event)
         self._flag_near_misses(event, person_id)
         verdict = self._evaluate(event, person_id)

@@ -240,7 +240,7 @@ class Snapshot:
     Person ids here are survivors (roots of the identity graph) as of the read.
     """
 
-    decided: dict[str, str] = field(default_factory=dict)  # row_id → fingerprint
+    decided: dict[str, tuple[str, str]] = field(default_factory=dict)  # row_id → (fingerprint, event id)
     key_owners: dict[str, str] = field(default_factory=dict)  # identity key → person
     near: dict[str, dict[str, list[tuple[str, str]]]] = field(
         default_factory=dict
@@ -265,11 +265,12 @@ def load_snapshot(
     snapshot = Snapshot()
     for chunk in _chunks(sorted(set(row_ids))):
         snapshot.decided.update(
-            session.execute(
-                select(RowDecision.row_id, RowDecision.fingerprint).where(
+            (row_id, (row_fingerprint, event_id))
+            for row_id, row_fingerprint, event_id in session.execute(
+                select(RowDecision.row_id, RowDecision.fingerprint, RowDecision.event_id).where(
                     one_of(session, RowDecision.row_id, chunk)
                 )  # type: ignore[call-overload, attr-defined]
-            ).all()
+            )
         )
     for chunk in _chunks(sorted(set(identity_keys))):
         snapshot.key_owners.update(

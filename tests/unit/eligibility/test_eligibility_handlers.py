@@ -304,6 +304,8 @@ def test_the_same_batch_delivered_twice_decides_nothing_new(harness, row):
     assert harness.apply(*batch) == []
     assert len(harness.published()) == len(first) == 3
     assert approvals(harness) == 2
+    # A redelivery is recognised by the event id its row's decision keeps: not a row seen again.
+    assert harness.metric("relief_eligibility_rows_seen_again_total") == 0
 
 
 def test_a_row_republished_under_a_new_event_id_is_not_decided_again(harness, row):
@@ -326,6 +328,7 @@ def test_a_row_id_arriving_with_other_content_is_refused_not_decided_twice(harne
 def test_the_same_event_twice_in_one_batch_is_decided_once(harness, row):
     event = row()
     assert len(harness.apply(event, event)) == 1
+    assert harness.metric("relief_eligibility_rows_seen_again_total") == 0
 
 
 # ---- review decisions ------------------------------------------------------------------------
