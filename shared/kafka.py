@@ -204,6 +204,11 @@ class LagReader:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the reader holds clients (connected by a read, dropped by `close`)."""
+        return self._admin is not None or self._consumer is not None
+
     def close(self) -> None:
         admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
         for client in (consumer, admin):

@@ -142,7 +142,11 @@ class ServiceRuntime:
             "checks": checks,
         }
 
-    def build_app(self, title: str, routers: Sequence[Any] = (), extra_startup: Any = None) -> FastAPI:
+    def build_app(
+        self, title: str, routers: Sequence[Any] = (), extra_startup: Any = None, extra_shutdown: Any = None
+    ) -> FastAPI:
+        """The service's HTTP app; `extra_startup` runs after the runtime started, `extra_shutdown`
+        after it stopped (its background jobs cancelled, consumers and relay stopped)."""
         runtime = self
 
         @asynccontextmanager
@@ -154,6 +158,8 @@ class ServiceRuntime:
                 yield
             finally:
                 await runtime.shutdown()
+                if extra_shutdown is not None:
+                    await extra_shutdown()
 
         app = FastAPI(title=title, lifespan=lifespan)
         app.state.runtime = self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -52,7 +53,16 @@ def create_app(settings: Settings) -> FastAPI:
         runtime.every(REACH_REFRESH_SECONDS, state.refresh_reach)
         runtime.every(HEALTH_REFRESH_SECONDS, state.refresh_health)
 
-    app = runtime.build_app("relief reporting", routers=[make_router(state)], extra_startup=start_refreshing)
+    async def stop_refreshing() -> None:
+        # The kept lag reader's Kafka clients and the read-only engine.
+        await asyncio.to_thread(state.close)
+
+    app = runtime.build_app(
+        "relief reporting",
+        routers=[make_router(state)],
+        extra_startup=start_refreshing,
+        extra_shutdown=stop_refreshing,
+    )
     app.add_exception_handler(DatabaseUnavailable, database_unavailable)
     app.state.reporting = state
     return app
