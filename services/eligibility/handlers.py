@@ -117,19 +117,18 @@ def decide_registrations(
     # Each row is decided once (its decision is keyed by row id), so the decision table is the
     # record of what was processed: an event delivered again, even within this batch, finds its
     # own event id there (`_Batch.decide`).
-    rows = events
-    if not rows:
+    if not events:
         return outcome
     snapshot = store.load_snapshot(
         session,
-        row_ids=[r.row_id for r in rows],
-        identity_keys=[key for r in rows for key in (r.document_key, r.name_key) if key],
-        block_keys=[r.block_key for r in rows if r.block_key],
-        countries=[r.country for r in rows if r.assistance == context.policy.cash_assistance],
+        row_ids=[r.row_id for r in events],
+        identity_keys=[key for r in events for key in (r.document_key, r.name_key) if key],
+        block_keys=[r.block_key for r in events if r.block_key],
+        countries=[r.country for r in events if r.assistance == context.policy.cash_assistance],
         cycle=context.cycle,
     )
     batch = _Batch(snapshot, context, now, outcome)
-    for event in rows:
+    for event in events:
         batch.decide(event)
     store.save_changes(session, batch.changes, cycle=context.cycle, ceilings=context.budget_ceilings, now=now)
     return outcome
