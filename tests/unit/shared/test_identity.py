@@ -1,11 +1,17 @@
 """SPEC §4: identity normalisation and keyed hashes."""
 
+import hashlib
+import hmac
 from datetime import date
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.identity import (
+    NEAR_KEY_HEX,
     IdentityHasher,
+    _normalise_any,
     age_on,
     deletion_neighbourhood,
     normalise_document_number,
@@ -116,14 +122,6 @@ def test_keys_depend_on_the_secret_and_reveal_nothing_raw():
 
 
 # ---- the fast paths agree with the definitions --------------------------------------------------
-
-import hashlib  # noqa: E402
-import hmac  # noqa: E402
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from shared.identity import NEAR_KEY_HEX, _normalise_any  # noqa: E402
 
 
 @settings(max_examples=400, deadline=None)
