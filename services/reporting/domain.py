@@ -14,7 +14,7 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 CASH = "cash_relief"
 AGE_BANDS = ("0-17", "18-29", "30-44", "45-59", "60+")
@@ -29,9 +29,13 @@ STATUS_RANK = {"pending_approval": 1, "pending": 2, "sent": 3, "failed": 4, "pai
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-@dataclass(frozen=True)
-class RowDecision:
-    """The decision on one accepted row, with the facts the report groups by."""
+class RowDecision(NamedTuple):
+    """The decision on one accepted row, with the facts the report groups by.
+
+    Named tuples, this and `PaymentState`: as immutable as a frozen dataclass, and made in
+    0.4 µs instead of 2.5 (a frozen dataclass sets each field through `object.__setattr__`); a
+    batch's refresh makes one for every row of every person it touched.
+    """
 
     row_id: str
     person_id: str
@@ -46,8 +50,7 @@ class RowDecision:
     version: str  # orders two decisions on the same row: the greater one is the current one
 
 
-@dataclass(frozen=True)
-class PaymentState:
+class PaymentState(NamedTuple):
     """One payment as last reported by disbursement."""
 
     payment_ref: str

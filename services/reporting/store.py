@@ -181,6 +181,8 @@ PERSONS = _table(ReachedPerson)
 GROUPS = _table(ReachedPersonGroup)
 OVERPAYMENTS = _table(Overpayment)
 COUNTS = _table(ReachCount)
+# The columns of `reach_row` that make a `RowDecision`, in its field order.
+ROW_DECISION = [ROWS.c[name] for name in RowDecision._fields]
 TABLES = [ROWS, PAYMENTS, MERGES, ROOTS, PERSONS, GROUPS, OVERPAYMENTS, COUNTS]
 
 
@@ -429,16 +431,8 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
     members = _members_of(session, roots)
     rows: list[RowDecision] = []
     for chunk in _chunks(members):
-        found = session.execute(select(ROWS).where(one_of(session, ROWS.c.person_id, chunk))).mappings()
-        rows.extend(
-            RowDecision(
-                row_id=r["row_id"], person_id=r["person_id"], partner_name=r["partner_name"],
-                decision=r["decision"], assistance=r["assistance"], country=r["country"], sex=r["sex"],
-                age_years=r["age_years"], household_size=r["household_size"],
-                registered_on=r["registered_on"], version=r["version"],
-            )
-            for r in found
-        )  # fmt: skip
+        found = session.execute(select(*ROW_DECISION).where(one_of(session, ROWS.c.person_id, chunk)))
+        rows.extend(RowDecision._make(row) for row in found)
     paid_rows = _paid_rows(session, {row.row_id for row in rows if row.assistance == "cash_relief"})
     delivered: dict[str, list[RowDecision]] = {}
     for row in rows:
