@@ -621,11 +621,6 @@ class Eligibility:
             serialise_writers(session, IDENTITY_LOCK)
             outcome = decide_registrations(session, registrations, self.context, self.clock())
             add_to_outbox(session, outcome.messages)
-        # Read after the commit, outside the writers' lock: the person count is kept (one row),
-        # open reviews are few.
-        with Session(self.reader) as session:
-            persons = store.count_persons(session)
-            reviews_open = store.count_open_reviews(session)
         for (decision, reason), count in outcome.decisions.items():
             self.metrics.decisions.labels(decision, reason).inc(count)
         for cause, count in outcome.merges.items():
@@ -634,6 +629,17 @@ class Eligibility:
             self.metrics.review_flags.inc(outcome.flags)
         if outcome.rows_seen_again:
             self.metrics.rows_seen_again.inc(outcome.rows_seen_again)
+        # Read after the commit, outside the writers' lock: the person count is kept (one row),
+        # open reviews are few. The batch is committed by now, so a failed read must not fail it
+        # (a retry would count its decisions again, an error would dead-letter decided rows): the
+        # gauges keep their values until the next batch or the periodic refresh.
+        try:
+            with Session(self.reader) as session:
+                persons = store.count_persons(session)
+                reviews_open = store.count_open_reviews(session)
+        except Exception as error:
+            log.warning("gauge_read_failed", error=type(error).__name__)
+            return
         self.metrics.persons.set(persons)
         self.metrics.reviews_open.set(reviews_open)
 

@@ -11,7 +11,7 @@ from services.eligibility import store
 from services.eligibility.domain import ReviewError
 from services.eligibility.handlers import RowConflict
 from shared.auth import Principal
-from shared.db import transaction
+from shared.db import make_engine, transaction
 from shared.events import EligibilityDecided, PersonsMerged
 
 FINANCE = Principal("pfin0001", "Finance Officer", "finance")
@@ -329,6 +329,26 @@ def test_the_same_event_twice_in_one_batch_is_decided_once(harness, row):
     event = row()
     assert len(harness.apply(event, event)) == 1
     assert harness.metric("relief_eligibility_rows_seen_again_total") == 0
+
+
+def test_a_failed_gauge_read_after_the_commit_does_not_fail_the_batch(harness, row, tmp_path):
+    harness.apply(row("An", "Nguyen"))
+    assert harness.metric("relief_eligibility_persons") == 1
+    working = harness.eligibility.reader
+    harness.eligibility.reader = make_engine(f"sqlite:///{tmp_path / 'missing' / 'reader.db'}")
+    try:
+        # Committed and staged, counted once; the gauge keeps its last value instead of failing
+        # the batch (a retry or a dead letter of rows already decided).
+        assert len(decisions(harness.apply(row("Binh", "Tran")))) == 1
+    finally:
+        harness.eligibility.reader.dispose()
+        harness.eligibility.reader = working
+    assert (
+        harness.metric("relief_eligibility_decisions_total", {"decision": "eligible", "reason": "none"}) == 2
+    )
+    assert harness.metric("relief_eligibility_persons") == 1
+    harness.apply(row("Chi", "Le"))
+    assert harness.metric("relief_eligibility_persons") == 3
 
 
 # ---- review decisions ------------------------------------------------------------------------
