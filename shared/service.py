@@ -157,9 +157,11 @@ class ServiceRuntime:
             try:
                 yield
             finally:
-                await runtime.shutdown()
-                if extra_shutdown is not None:
-                    await extra_shutdown()
+                try:
+                    await runtime.shutdown()
+                finally:  # the service's own clean-up runs even when the runtime's fails
+                    if extra_shutdown is not None:
+                        await extra_shutdown()
 
         app = FastAPI(title=title, lifespan=lifespan)
         app.state.runtime = self
