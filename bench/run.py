@@ -42,6 +42,7 @@ from shared.settings import Settings
 ORDER_INDEPENDENT = ("beneficiaries_reached", "by_assistance")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SAMPLE_SECONDS = 0.5
+ADMIN_URL = "postgresql+psycopg://relief@127.0.0.1:55499/postgres"  # the bench cluster's own database
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -199,6 +200,27 @@ def drop_earlier_runs(admin_url: str) -> None:
         engine.dispose()
 
 
+def server_counters(admin_url: str) -> dict[str, int]:
+    """PostgreSQL's own cumulative write counters: the log it wrote (and how much of it was whole
+    pages copied after a checkpoint), its checkpoints, and pages its backends had to write
+    themselves because no clean buffer was free. Read before and after the measured window."""
+    engine = create_engine(admin_url)
+    try:
+        with engine.connect() as connection:
+            wal = connection.execute(text("SELECT wal_bytes, wal_fpi FROM pg_stat_wal")).one()
+            writer = connection.execute(
+                text("SELECT checkpoints_timed + checkpoints_req, buffers_backend FROM pg_stat_bgwriter")
+            ).one()
+    finally:
+        engine.dispose()
+    return {
+        "wal_mib": int(wal[0]) // 1048576,
+        "wal_full_page_images": int(wal[1]),
+        "checkpoints": int(writer[0]),
+        "pages_written_by_backends": int(writer[1]),
+    }
+
+
 def storage(settings: Settings) -> dict[str, Any]:
     """Each service's database size once drained, and the near-key rows eligibility keeps (one per
     registration that brought its person new near keys): where eligibility's writes go."""
@@ -285,7 +307,7 @@ def main() -> None:
 
         cluster = LocalPostgres(root / "postgres", 55499)
         cluster.start()
-        drop_earlier_runs("postgresql+psycopg://relief@127.0.0.1:55499/postgres")
+        drop_earlier_runs(ADMIN_URL)
         database_url = f"postgresql+psycopg://relief@127.0.0.1:55499/bench{int(time.time())}"
     settings = Settings(
         data_dir=root / "data", kafka_port=args.kafka_port, database_url=database_url, log_level="WARNING",
@@ -330,6 +352,7 @@ def main() -> None:
             f"bench: submitting {programme.rows:,} rows in {len(programme.batches)} batches, {args.parallel} at a time",
             file=sys.stderr,
         )
+        counters_before = server_counters(ADMIN_URL) if cluster is not None else None
         started = time.monotonic()
         sampler = Sampler(stack, started)
         if cluster is not None:
@@ -363,6 +386,9 @@ def main() -> None:
         wall = sampler.drained_at - started
         sampler.stopping.set()
         sampler.join()
+        if counters_before is not None:
+            after = server_counters(ADMIN_URL)
+            summary["postgresql_writes"] = {k: after[k] - counters_before[k] for k in after}
         if profiler is not None:
             profiler.join()
         reach = fetch_reach(settings)
