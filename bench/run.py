@@ -28,11 +28,10 @@ from typing import Any
 import psutil
 from sqlalchemy import create_engine, text
 
-from relief_cli.drain import pipeline_state
+from relief_cli.drain import PipelineProbe
 from relief_cli.generator import generate_programme
 from relief_cli.runner import create_partner, fetch_reach, submit_batch
 from relief_cli.stack import Stack, parse_replicas
-from shared.kafka import LagReader
 from shared.settings import Settings
 
 # Figures that do not depend on the order in which rows arrive. The truth is computed for batches
@@ -68,9 +67,9 @@ class Sampler(threading.Thread):
         self._cpu_at_start: dict[str, float] = {}
         self.postgres_pid: int | None = None  # the server's backends are counted too, when there is one
         # The only poller of the pipeline's state (the main thread waits on `drained`), with its
-        # Kafka clients kept open: three pollers with clients made afresh each time took a fifth
-        # of a core from the pipeline they measured.
-        self.lag_reader = LagReader(stack.settings)
+        # HTTP and Kafka clients kept open: three pollers with clients made afresh each time took
+        # a fifth of a core from the pipeline they measured, and one such poller still a tenth.
+        self.probe = PipelineProbe(stack.settings)
         self.uploaded = threading.Event()  # set by the main thread once every file is in
         self.drained = threading.Event()
         self.drained_at = 0.0
@@ -110,10 +109,14 @@ class Sampler(threading.Thread):
                     self._cpu("kafka", times.user + times.system)
                 except psutil.Error:
                     pass
+            # This process too: the uploads (files made and sent) and this sampling take their
+            # share of the same two cores.
+            own = psutil.Process().cpu_times()
+            self._cpu("bench", own.user + own.system)
             # Only a read begun after the last upload was accepted can say the programme drained.
             uploads_done = self.uploaded.is_set()
             try:
-                state = pipeline_state(self.stack.settings, self.lag_reader)
+                state = self.probe.state()
                 at = time.monotonic()
                 self.samples.append(
                     {
@@ -130,7 +133,7 @@ class Sampler(threading.Thread):
             except Exception as error:  # a sample missed under load is not a failure
                 self.missed = f"{type(error).__name__}: {error}"
             self.stopping.wait(SAMPLE_SECONDS)
-        self.lag_reader.close()
+        self.probe.close()
 
 
 def take_profile(stack: Stack, after: float, seconds: int, summary: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from relief_cli.drain import wait_until_drained
+from relief_cli.drain import PipelineProbe, wait_until_drained
 from relief_cli.generator import Programme
 from relief_cli.output import EXIT_UNAVAILABLE
 from shared.settings import Settings
@@ -120,16 +120,17 @@ def run_programme(
     """
     keys = {name: create_partner(settings, name)["api_key"] for name in programme.partners}
     results = []
-    for index, batch in enumerate(programme.batches):
-        result = submit_batch(settings, keys[batch.partner_name], batch.to_csv())
-        results.append(result)
-        if on_submitted is not None:
-            on_submitted(index, result)  # the batch's rows are now on their way (fault tests strike here)
-        state = wait_until_drained(settings, timeout, progress=False, settle=0.3)
-        if not state.get("drained"):
-            raise ProgrammeError(f"the pipeline did not drain within {timeout:.0f}s: {state}")
-        if on_batch is not None:
-            on_batch(index, result)
+    with PipelineProbe(settings) as probe:
+        for index, batch in enumerate(programme.batches):
+            result = submit_batch(settings, keys[batch.partner_name], batch.to_csv())
+            results.append(result)
+            if on_submitted is not None:
+                on_submitted(index, result)  # the batch's rows are now on their way (fault tests strike here)
+            state = wait_until_drained(settings, timeout, progress=False, settle=0.3, probe=probe)
+            if not state.get("drained"):
+                raise ProgrammeError(f"the pipeline did not drain within {timeout:.0f}s: {state}")
+            if on_batch is not None:
+                on_batch(index, result)
     return results
 
 
