@@ -229,8 +229,34 @@ class LagReader:
             self.close()
             raise
 
-    def _read(self, subscriptions: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    def held(self, topics: Sequence[str]) -> dict[str, int]:
+        """Topic → records it holds now (end offsets minus start offsets, over its partitions);
+        0 for a topic that does not exist. Reads with the same kept consumer as `read`."""
+        try:
+            return self._held(topics)
+        except Exception:
+            self.close()
+            raise
+
+    def _held(self, topics: Sequence[str]) -> dict[str, int]:
+        from kafka import TopicPartition
+
+        _, consumer = self._clients()
+        sizes: dict[str, int] = {}
+        for topic in topics:
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not partitions:
+                sizes[topic] = 0
+                continue
+            starts = consumer.beginning_offsets(partitions)
+            ends = consumer.end_offsets(partitions)
+            sizes[topic] = sum(max(0, ends[p] - starts[p]) for p in partitions)
+        return sizes
+
+    def _clients(self) -> tuple[Any, Any]:
+        from kafka import KafkaAdminClient, KafkaConsumer
 
         if self._admin is None:
             self._admin = KafkaAdminClient(
@@ -242,7 +268,12 @@ class LagReader:
                 client_id="relief-lag",
                 request_timeout_ms=15_000,  # a broker gone mid-read fails the read, not hangs it
             )
-        admin, consumer = self._admin, self._consumer
+        return self._admin, self._consumer
+
+    def _read(self, subscriptions: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+        from kafka import TopicPartition
+
+        admin, consumer = self._clients()
         lag: dict[tuple[str, str], int] = {}
         for group, topics in subscriptions.items():
             committed = admin.list_group_offsets({group: None}).get(group, {})

@@ -61,29 +61,16 @@ def measure_consumer_lag(settings: Settings, reader: LagReader | None = None) ->
     }
 
 
-def measure_dead_letters(settings: Settings) -> dict[str, int]:
-    """Dead-letter topic → messages it holds (end offset minus start offset, over partitions)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id="relief-reporting-dlq",
-        enable_auto_commit=False,
-    )
-    try:
-        sizes: dict[str, int] = {}
-        for topic in TOPICS:
-            name = settings.topic(topic.dead_letter)
-            partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-            if not partitions:
-                sizes[topic.dead_letter] = 0
-                continue
-            starts = consumer.beginning_offsets(partitions)
-            ends = consumer.end_offsets(partitions)
-            sizes[topic.dead_letter] = sum(max(0, ends[p] - starts[p]) for p in partitions)
-        return sizes
-    finally:
-        consumer.close()
+def measure_dead_letters(settings: Settings, reader: LagReader | None = None) -> dict[str, int]:
+    """Dead-letter topic → messages it holds (end offset minus start offset, over partitions).
+    Pass the kept `LagReader` when asking again and again (no client to connect each time)."""
+    names = {settings.topic(topic.dead_letter): topic.dead_letter for topic in TOPICS}
+    if reader is not None:
+        sizes = reader.held(list(names))
+    else:
+        with LagReader(settings) as once:
+            sizes = once.held(list(names))
+    return {names[name]: count for name, count in sizes.items()}
 
 
 # One TLS context for every check (building one loads the CA bundle each time).

@@ -77,7 +77,7 @@ class ReportingState:
         previous = self.health
         try:
             lag = await asyncio.to_thread(measure_consumer_lag, self.settings, self.lag_reader)
-            dead = await asyncio.to_thread(measure_dead_letters, self.settings)
+            dead = await asyncio.to_thread(measure_dead_letters, self.settings, self.lag_reader)
             error = None
         except Exception as problem:  # the broker away: keep the last figures, say so
             lag, dead = previous.consumer_lag, previous.dead_letters

@@ -9,6 +9,7 @@ from datetime import date
 
 from kafka import KafkaAdminClient, KafkaConsumer
 
+from services.reporting.health import measure_dead_letters
 from shared.consumer import BatchConsumer
 from shared.events import BeneficiaryRegistered, Event
 from shared.kafka import BrokerPublisher, LagReader, consumer_lag, ensure_topics, make_broker
@@ -103,6 +104,12 @@ async def test_events_round_trip_through_a_consumer_group_and_commit(make_settin
     consumer.close()
     assert reasons[0].startswith("not JSON")
     assert "unsupported schema_version 9" in reasons[1]
+    # Reporting's health counts them, with its kept reader as with a one-off one.
+    with LagReader(settings) as reader:
+        for _ in range(2):
+            held = measure_dead_letters(settings, reader)
+            assert held["beneficiary.registered.dlq"] == 2 and held["eligibility.decided.dlq"] == 0, held
+    assert measure_dead_letters(settings)["beneficiary.registered.dlq"] == 2
 
 
 async def test_a_broker_restart_loses_no_committed_message(make_settings, kafka):
