@@ -118,9 +118,12 @@ class Sampler(threading.Thread):
             try:
                 state = self.probe.state()
                 at = time.monotonic()
+                machine = psutil.cpu_times()
                 self.samples.append(
                     {
                         "t": round(at - self.started, 1),
+                        # Seconds every core of the machine has sat idle so far (all processes).
+                        "idle": machine.idle + getattr(machine, "iowait", 0.0),
                         "final": state["final"],
                         "accepted": state["accepted"],
                         "lag": state["consumer_lag"],
@@ -247,6 +250,17 @@ def storage(settings: Settings) -> dict[str, Any]:
     return {"database_mib": sizes, "eligibility_near_sets": int(near)}
 
 
+def machine_busy(samples: list[dict[str, Any]], start: float, end: float) -> float | None:
+    """The share of the machine's cores busy (with anything) between two moments of the run:
+    1.0 means every core worked all along, so only less work per row makes the run faster."""
+    inside = [s for s in samples if start <= s["t"] <= end]
+    if len(inside) < 2:
+        return None
+    elapsed = (inside[-1]["t"] - inside[0]["t"]) * (psutil.cpu_count() or 1)
+    idle = inside[-1]["idle"] - inside[0]["idle"]
+    return round(max(0.0, min(1.0, 1 - idle / elapsed)), 3) if elapsed > 0 else None
+
+
 def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -263,6 +277,16 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     top.plot(times, rates, color="#1f6feb")
     top.set_ylabel("rows final / s")
+    if all("idle" in s for s in samples):
+        cores = psutil.cpu_count() or 1
+        busy = [0.0] + [
+            max(0.0, min(100.0, 100 * (1 - (b["idle"] - a["idle"]) / max(0.1, (b["t"] - a["t"]) * cores))))
+            for a, b in zip(samples, samples[1:], strict=False)
+        ]
+        share = top.twinx()
+        share.plot(times, busy, color="#8c959f", linewidth=0.8)
+        share.set_ylim(0, 105)
+        share.set_ylabel("machine busy %", color="#57606a")
     top.set_title(title)
     top.grid(alpha=0.3)
     bottom.plot(times, [s["lag"] for s in samples], color="#d1242f", label="all")
@@ -411,6 +435,11 @@ def main() -> None:
                     "p99": percentile(seconds, 0.99),
                 },
                 "peak_rss_mib": dict(sorted(sampler.peak_rss.items())),
+                "machine_busy": {
+                    "while_uploading": machine_busy(sampler.samples, 0.0, uploaded),
+                    "after_uploads": machine_busy(sampler.samples, uploaded, wall),
+                    "whole_run": machine_busy(sampler.samples, 0.0, wall),
+                },
                 # The deepest backlog each consumer group had: the stage records waited for most.
                 "peak_lag_by_group": {
                     name: max(s.get("lag_by_group", {}).get(name, 0) for s in sampler.samples)
