@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import random
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaPublishMessage
@@ -15,6 +15,8 @@ from faststream.kafka import KafkaBroker, KafkaPublishMessage
 from shared.events import new_event_id
 from shared.settings import Settings
 from shared.topics import all_topic_names
+
+_T = TypeVar("_T")
 
 
 def make_broker(settings: Settings, *, client_id: str = "relief") -> KafkaBroker:
@@ -270,17 +272,17 @@ class LagReader:
         group has never committed on counts from its start, so a group that has not begun is
         not "drained".
         """
-        try:
-            return self._read(subscriptions)
-        except Exception:
-            self.close()
-            raise
+        return self._asking(self._read, subscriptions)
 
     def held(self, topics: Sequence[str]) -> dict[str, int]:
         """Topic → records it holds now (end offsets minus start offsets, over its partitions);
         0 for a topic that does not exist. Reads with the same kept consumer as `read`."""
+        return self._asking(self._held, topics)
+
+    def _asking(self, ask: Callable[[Any], _T], question: Any) -> _T:
+        """Ask through the kept clients; a failed ask drops them, so the next one connects afresh."""
         try:
-            return self._held(topics)
+            return ask(question)
         except Exception:
             self.close()
             raise
