@@ -232,6 +232,18 @@ def ensure_topics(
         admin.close()
 
 
+def _partitions(consumer: Any, topics: Sequence[str]) -> list[Any]:
+    """Every partition of the topics, in order, as the consumer's metadata knows them (none for a
+    topic that does not exist)."""
+    from kafka import TopicPartition
+
+    return [
+        TopicPartition(topic, partition)
+        for topic in topics
+        for partition in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 class LagReader:
     """Reads consumer lag with one admin client and one consumer, kept open between reads.
 
@@ -288,14 +300,11 @@ class LagReader:
             raise
 
     def _held(self, topics: Sequence[str]) -> dict[str, int]:
-        from kafka import TopicPartition
 
         _, consumer = self._clients()
         sizes: dict[str, int] = {}
         for topic in topics:
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
+            partitions = _partitions(consumer, [topic])
             if not partitions:
                 sizes[topic] = 0
                 continue
@@ -320,17 +329,12 @@ class LagReader:
         return self._admin, self._consumer
 
     def _read(self, subscriptions: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
-        from kafka import TopicPartition
 
         admin, consumer = self._clients()
         lag: dict[tuple[str, str], int] = {}
         for group, topics in subscriptions.items():
             committed = admin.list_group_offsets({group: None}).get(group, {})
-            partitions = [
-                TopicPartition(topic, partition)
-                for topic in topics
-                for partition in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
+            partitions = _partitions(consumer, topics)
             starts = consumer.beginning_offsets(partitions) if partitions else {}
             ends = consumer.end_offsets(partitions) if partitions else {}
             for partition in partitions:
