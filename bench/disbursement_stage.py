@@ -85,7 +85,7 @@ def count_rows(engine: object, status: str | None = None) -> int:
 def unsent_outbox(engine: object) -> int:
     with engine.connect() as connection:  # type: ignore[attr-defined]
         return int(
-            connection.execute(text("SELECT count(*) FROM outbox_message WHERE sent_at IS NULL")).scalar_one()
+            connection.execute(text("SELECT coalesce(sum(messages), 0) FROM outbox_batch")).scalar_one()
         )
 
 

@@ -219,7 +219,7 @@ def run(url: str, partner_key: str, pid: int, rows: int, workdir: Path, outbox_e
         while True:
             with outbox_engine.connect() as connection:  # type: ignore[attr-defined]
                 unsent = connection.execute(
-                    text("SELECT count(*) FROM outbox_message WHERE sent_at IS NULL")
+                    text("SELECT coalesce(sum(messages), 0) FROM outbox_batch")
                 ).scalar()
             if not unsent:
                 break

@@ -19,7 +19,7 @@ from shared.db import checkpoint_wal, create_tables, is_sqlite, make_engine, mak
 from shared.kafka import BrokerPublisher, ensure_topics, make_broker
 from shared.logging import configure_logging, get_logger
 from shared.metrics import make_registry, metrics_endpoint, pipeline_metrics
-from shared.outbox import OUTBOX_TABLES, OutboxRelay, forget_rows_sent_before, outbox_backlog
+from shared.outbox import OUTBOX_TABLES, OutboxRelay, adopt_earlier_outbox, outbox_backlog
 from shared.settings import Settings
 from shared.topics import Topic
 
@@ -96,9 +96,9 @@ class ServiceRuntime:
 
     async def startup(self) -> None:
         create_tables(self.engine, self.tables)
-        forgotten = await asyncio.to_thread(forget_rows_sent_before, self.engine)
-        if forgotten:
-            log.info("outbox_sent_rows_deleted", count=forgotten)
+        adopted = await asyncio.to_thread(adopt_earlier_outbox, self.engine)
+        if adopted:
+            log.info("outbox_earlier_rows_adopted", count=adopted)
         for job in self._prepare:
             await asyncio.to_thread(job)
         await asyncio.to_thread(ensure_topics, self.settings)

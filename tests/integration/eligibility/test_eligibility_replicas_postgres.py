@@ -149,7 +149,7 @@ def test_two_replicas_consuming_one_topic_approve_each_person_once_across_partne
     deadline = time.monotonic() + 30
     while True:
         with engine.connect() as connection:
-            if connection.execute(text("SELECT count(*) FROM outbox_message")).scalar_one() == 0:
+            if connection.execute(text("SELECT count(*) FROM outbox_batch")).scalar_one() == 0:
                 break
         assert time.monotonic() < deadline, "the relays did not publish every staged decision"
         time.sleep(0.2)

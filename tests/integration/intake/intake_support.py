@@ -92,7 +92,7 @@ def events_staged(settings: Settings, intake_url: str, timeout: float = 30.0) ->
     from prometheus_client.parser import text_string_to_metric_families
 
     deadline = time.monotonic() + timeout
-    while query(settings, "SELECT count(*) FROM outbox_message") != [(0,)]:
+    while query(settings, "SELECT count(*) FROM outbox_batch") != [(0,)]:
         assert time.monotonic() < deadline, "the relay did not publish the staged events"
         time.sleep(0.2)
     page = httpx.get(f"{intake_url}/metrics", timeout=5).text

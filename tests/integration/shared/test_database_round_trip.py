@@ -1,18 +1,37 @@
 """SQLModel round trips on the embedded default (SQLite) and on real PostgreSQL, outbox included."""
 
+from datetime import datetime
+
 import pytest
-from sqlmodel import select
+from sqlalchemy import Column, LargeBinary
+from sqlmodel import Field, SQLModel, select
 
 from shared.db import create_tables, make_engine, transaction
-from shared.events import PersonsMerged
+from shared.events import PersonsMerged, utc_now
 from shared.outbox import (
     OUTBOX_TABLES,
-    OutboxMessage,
     ProcessedEvent,
+    StagedMessage,
     add_to_outbox,
     claim_new_events,
     outbox_backlog,
+    staged_messages,
 )
+
+
+class ManyRow(SQLModel, table=True):
+    """A table of every kind of column the bulk writers meet: generated id, text, optional text,
+    bytes, a Python-side default and an optional time."""
+
+    __tablename__ = "test_many_row"
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str = Field(max_length=200)
+    key: str | None = Field(default=None, max_length=200)
+    event_id: str = Field(max_length=64)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utc_now)
+    sent_at: datetime | None = Field(default=None)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -23,7 +42,7 @@ def engine(request, tmp_path, test_id):
         cluster = request.getfixturevalue("postgres")
         url = f"postgresql+psycopg://relief@127.0.0.1:{cluster.port}/t{test_id}"
     engine = make_engine(url)
-    create_tables(engine, OUTBOX_TABLES)
+    create_tables(engine, [*OUTBOX_TABLES, ManyRow.__table__])
     yield engine
     engine.dispose()
 
@@ -36,29 +55,66 @@ def test_outbox_rows_and_processed_ids_round_trip(engine):
     with transaction(engine) as session:
         assert claim_new_events(session, "reporting", ["e2", "e3"]) == {"e3"}
         assert claim_new_events(session, "disbursement", ["e2"]) == {"e2"}  # per consumer
-        stored = session.exec(select(OutboxMessage)).one()
-        assert (stored.topic, stored.key, stored.payload) == ("eligibility.decided", "p1", event.to_bytes())
+        assert staged_messages(session) == [StagedMessage("eligibility.decided", "p1", event.to_bytes())]
         assert outbox_backlog(session)[0] == 1
 
 
-def test_rows_an_earlier_version_marked_sent_are_deleted_and_unsent_ones_kept(engine):
-    from datetime import UTC, datetime
+def test_each_transaction_stages_one_batch_and_the_messages_keep_their_order(engine):
+    from shared.outbox import OutboxBatch
 
-    from sqlalchemy import update
+    events = [
+        PersonsMerged(survivor_person_id=f"p{i}", merged_person_id="q", cause="review") for i in range(7)
+    ]
+    with transaction(engine) as session:
+        assert add_to_outbox(session, []) == 0
+        assert add_to_outbox(session, [("a", f"k{i}", e) for i, e in enumerate(events[:4])]) == 4
+    with transaction(engine) as session:
+        add_to_outbox(session, [("b", None if i % 2 else "kb", e) for i, e in enumerate(events[4:])])
+    with transaction(engine) as session:
+        assert len(session.exec(select(OutboxBatch)).all()) == 2
+        staged = staged_messages(session)
+        assert [(m.topic, m.key) for m in staged] == [
+            ("a", "k0"), ("a", "k1"), ("a", "k2"), ("a", "k3"), ("b", "kb"), ("b", None), ("b", "kb")
+        ]  # fmt: skip
+        assert [m.payload for m in staged] == [e.to_bytes() for e in events]
+        assert outbox_backlog(session)[0] == 7
 
-    from shared.outbox import forget_rows_sent_before
 
+def test_an_earlier_versions_unsent_rows_are_adopted_in_order_and_its_sent_ones_dropped(engine):
+    """Earlier versions staged one `outbox_message` row per event, and before that kept sent rows
+    marked: at start-up the unsent ones become staged batches, in order, ahead of anything new."""
+    from datetime import UTC
+
+    from sqlalchemy import func, insert
+
+    from shared.outbox import _EARLIER, adopt_earlier_outbox
+
+    assert adopt_earlier_outbox(engine) == 0  # a database that never had the table
+    _EARLIER.create(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(_EARLIER),
+            [
+                {
+                    "topic": "t",
+                    "key": None if i == 3 else f"k{i}",
+                    "payload": b"event %d" % i,
+                    "sent_at": datetime.now(UTC) if i in (0, 2) else None,
+                }
+                for i in range(2500)
+            ],
+        )
+    assert adopt_earlier_outbox(engine, per_batch=1000) == 2498
+    assert adopt_earlier_outbox(engine) == 0
     event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="identity_rule")
     with transaction(engine) as session:
-        add_to_outbox(session, [("t", f"k{i}", event) for i in range(5)])
-        session.execute(
-            update(OutboxMessage).where(OutboxMessage.key.in_(["k0", "k2"])).values(sent_at=datetime.now(UTC))
-        )
-    assert forget_rows_sent_before(engine) == 2
-    assert forget_rows_sent_before(engine) == 0
+        add_to_outbox(session, [("t", "new", event)])
     with transaction(engine) as session:
-        assert sorted(m.key for m in session.exec(select(OutboxMessage))) == ["k1", "k3", "k4"]
-        assert outbox_backlog(session)[0] == 3
+        staged = staged_messages(session)
+        assert session.execute(select(func.count()).select_from(_EARLIER)).scalar_one() == 0
+    assert [m.key for m in staged[:3]] == ["k1", None, "k4"]
+    assert [m.payload for m in staged[:-1]] == [b"event %d" % i for i in range(2500) if i not in (0, 2)]
+    assert staged[-1] == StagedMessage("t", "new", event.to_bytes())
 
 
 async def test_a_relay_that_read_rows_before_another_emptied_the_outbox_deletes_only_those(engine):
@@ -154,9 +210,9 @@ def test_many_rows_go_in_in_order_with_defaults_conflicts_and_returning(engine):
         for i in range(1500)
     ]
     with transaction(engine) as session:
-        assert insert_many(session, insert(OutboxMessage), []) is None
-        insert_many(session, insert(OutboxMessage), rows)
-        stored = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        assert insert_many(session, insert(ManyRow), []) is None
+        insert_many(session, insert(ManyRow), rows)
+        stored = session.exec(select(ManyRow).order_by(ManyRow.id)).all()
         assert [(m.key, m.event_id, m.payload) for m in stored] == [
             (r["key"], r["event_id"], r["payload"]) for r in rows
         ]
@@ -174,9 +230,7 @@ def test_many_rows_go_in_in_order_with_defaults_conflicts_and_returning(engine):
             f"e{i}" for i in range(590, 610) if i % 2 or i >= 600
         )
         wanted = [f"e{i}" for i in range(0, 1500, 3)] + ["absent"]
-        found = session.exec(
-            select(OutboxMessage.event_id).where(one_of(session, OutboxMessage.event_id, wanted))
-        )
+        found = session.exec(select(ManyRow.event_id).where(one_of(session, ManyRow.event_id, wanted)))
         assert sorted(found) == sorted(wanted[:-1])
 
 
@@ -187,11 +241,11 @@ def test_many_rows_are_updated_by_key_and_a_repeated_key_keeps_its_last_values(e
 
     from shared.db import insert_many, update_many
 
-    table = OutboxMessage.__table__
+    table = ManyRow.__table__
     with transaction(engine) as session:
         insert_many(
             session,
-            insert(OutboxMessage),
+            insert(ManyRow),
             [{"topic": "t", "key": f"k{i}", "event_id": f"e{i}", "payload": b"x"} for i in range(1200)],
         )
         update_many(session, table, "event_id", [])
@@ -208,7 +262,7 @@ def test_many_rows_are_updated_by_key_and_a_repeated_key_keeps_its_last_values(e
         changes.append({"event_id": "absent", "key": "none", "sent_at": sent})  # no such row: nothing
         update_many(session, table, "event_id", changes)
     with transaction(engine) as session:
-        stored = {m.event_id: m for m in session.exec(select(OutboxMessage)).all()}
+        stored = {m.event_id: m for m in session.exec(select(ManyRow)).all()}
     assert len(stored) == 1200
     for i in range(1200):
         message = stored[f"e{i}"]
@@ -352,17 +406,18 @@ def test_the_relay_walks_the_outbox_by_its_key_whatever_the_statistics_say(postg
     engine = make_engine(f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/o{test_id}")
     create_tables(engine, OUTBOX_TABLES)
     with engine.connect() as connection:
-        connection.execute(text("ANALYZE outbox_message"))  # the statistics of an empty table
+        connection.execute(text("ANALYZE outbox_batch"))  # the statistics of an empty table
         connection.commit()
     event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="identity_rule")
-    with transaction(engine) as session:
-        add_to_outbox(session, [("t", f"k{i}", event) for i in range(5000)])
-    *settings, query = OutboxRelay(engine, publisher=None, batch_size=1000).claim_statements()
+    for _ in range(5000):
+        with transaction(engine) as session:
+            add_to_outbox(session, [("t", "k", event)])
+    *settings, query = OutboxRelay(engine, publisher=None, batches_per_claim=8).claim_statements()
     sql = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
     with engine.connect() as connection:
         for setting in settings:
             connection.execute(setting)
         plan = "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
     engine.dispose()
-    assert "Index Scan using outbox_message_pkey" in plan, plan
+    assert "Index Scan using outbox_batch_pkey" in plan, plan
     assert "Sort" not in plan, plan

@@ -17,7 +17,7 @@ from services.disbursement.domain import FINAL
 from shared.auth import AuthError, Principal, bearer_token
 from shared.db import create_tables, make_engine, transaction
 from shared.events import EligibilityDecided, Event, utc_now
-from shared.outbox import OUTBOX_TABLES, OutboxMessage
+from shared.outbox import OUTBOX_TABLES, staged_messages
 from shared.sealing import Sealer
 
 SECRET = "test-identity-secret-0123456789abcdef"  # noqa: S105 - a test secret
@@ -108,8 +108,7 @@ def outbox_events(engine: Engine) -> list[dict[str, Any]]:
     import orjson
 
     with transaction(engine) as session:
-        rows = session.execute(select(OutboxMessage.payload).order_by(OutboxMessage.id)).scalars()  # type: ignore[call-overload]
-        return [orjson.loads(payload) for payload in rows]
+        return [orjson.loads(message.payload) for message in staged_messages(session)]
 
 
 def count(engine: Engine, table: Any) -> int:

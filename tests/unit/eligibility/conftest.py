@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlmodel import select
 
 from services.eligibility.handlers import DecisionContext, Eligibility, EligibilityMetrics
 from services.eligibility.policy import POLICY_DIR, load_policy_file
@@ -18,7 +17,7 @@ from services.eligibility.store import TABLES
 from shared.db import create_tables, make_engine, transaction
 from shared.events import BeneficiaryRegistered, Event, parse_event
 from shared.identity import IdentityHasher
-from shared.outbox import OUTBOX_TABLES, OutboxMessage
+from shared.outbox import OUTBOX_TABLES, staged_messages
 
 SECRET = "unit-test-identity-secret-0123456789"  # noqa: S105 - a test secret
 DECIDED_TOPIC = "t.eligibility.decided"
@@ -56,15 +55,14 @@ class Harness:
 
     def published(self) -> list[Event]:
         with transaction(self.engine) as session:
-            rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()  # type: ignore[arg-type]
+            rows = staged_messages(session)
             for row in rows:
                 assert row.topic == DECIDED_TOPIC
             return [parse_event(row.payload) for row in rows]
 
     def keys_of(self) -> list[tuple[str | None, str]]:
         with transaction(self.engine) as session:
-            rows = session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all()  # type: ignore[arg-type]
-            return [(row.key, parse_event(row.payload).event_type) for row in rows]
+            return [(row.key, parse_event(row.payload).event_type) for row in staged_messages(session)]
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0

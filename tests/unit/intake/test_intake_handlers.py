@@ -17,7 +17,7 @@ from shared.auth import AuthError
 from shared.db import create_tables, make_engine, transaction
 from shared.events import EligibilityDecided, PaymentStatusChanged, PersonsMerged, parse_event
 from shared.identity import IdentityHasher
-from shared.outbox import OUTBOX_TABLES, OutboxMessage
+from shared.outbox import OUTBOX_TABLES, StagedMessage, staged_messages
 from shared.sealing import Sealer
 
 IDENTITY_SECRET = "unit-test-identity-secret-0123"  # noqa: S105 - a test value, not a credential
@@ -94,9 +94,9 @@ def submit(context, principal, upload, key=None):
     return handlers.submit_batch(context, principal, upload, idempotency_key=key, now=NOW)
 
 
-def outbox(context) -> list[OutboxMessage]:
+def outbox(context) -> list[StagedMessage]:
     with Session(context.engine) as session:
-        return list(session.exec(select(OutboxMessage).order_by(OutboxMessage.id)))
+        return staged_messages(session)
 
 
 # ---- keys --------------------------------------------------------------------------------------------
