@@ -244,24 +244,30 @@ _EARLIER = Table(
 
 def adopt_earlier_outbox(engine: Engine, per_batch: int = 1000) -> int:
     """Move the unsent events an earlier version staged one row per event into staged batches,
-    in their order, and empty its table (rows it marked sent are dropped). A start-up job: it runs
-    before anything new is staged, so the adopted events are published first. Returns how many
-    events it moved; replicas starting together move them once (the rows are locked, then gone).
+    in their order, and delete the rows moved (rows it marked sent are dropped). A start-up job:
+    it runs before anything new is staged, so the adopted events are published first. Returns
+    how many events it moved. Replicas starting together move them once (the rows are locked,
+    then gone); a replica of the earlier version still running keeps the rows it writes later,
+    and publishes them itself.
     """
     with Session(engine) as session, session.begin():
         if not inspect(session.connection()).has_table(_EARLIER.name):
             return 0
-        query = select(_EARLIER.c.topic, _EARLIER.c.key, _EARLIER.c.payload, _EARLIER.c.sent_at).order_by(
-            _EARLIER.c.id
+        query = select(
+            _EARLIER.c.id, _EARLIER.c.topic, _EARLIER.c.key, _EARLIER.c.payload, _EARLIER.c.sent_at
         )
+        query = query.order_by(_EARLIER.c.id)
         if engine.dialect.name == "postgresql":
             query = query.with_for_update()
+        found = session.execute(query).all()
         unsent = [
-            StagedMessage(topic, key, payload)
-            for topic, key, payload, sent_at in session.execute(query)
-            if sent_at is None
+            StagedMessage(topic, key, payload) for _, topic, key, payload, sent_at in found if sent_at is None
         ]
-        session.execute(delete(_EARLIER))
+        ids = [row_id for row_id, *_ in found]
+        for start in range(0, len(ids), per_batch):
+            session.execute(
+                delete(_EARLIER).where(one_of(session, _EARLIER.c.id, ids[start : start + per_batch]))
+            )
         rows = [
             {
                 "token": new_event_id(),

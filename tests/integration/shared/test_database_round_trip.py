@@ -106,6 +106,9 @@ def test_an_earlier_versions_unsent_rows_are_adopted_in_order_and_its_sent_ones_
         )
     assert adopt_earlier_outbox(engine, per_batch=1000) == 2498
     assert adopt_earlier_outbox(engine) == 0
+    with engine.begin() as connection:  # written later by a replica of the earlier version
+        connection.execute(insert(_EARLIER), [{"topic": "t", "key": "late", "payload": b"late"}])
+    assert adopt_earlier_outbox(engine) == 1
     event = PersonsMerged(survivor_person_id="p1", merged_person_id="p2", cause="identity_rule")
     with transaction(engine) as session:
         add_to_outbox(session, [("t", "new", event)])
@@ -113,8 +116,8 @@ def test_an_earlier_versions_unsent_rows_are_adopted_in_order_and_its_sent_ones_
         staged = staged_messages(session)
         assert session.execute(select(func.count()).select_from(_EARLIER)).scalar_one() == 0
     assert [m.key for m in staged[:3]] == ["k1", None, "k4"]
-    assert [m.payload for m in staged[:-1]] == [b"event %d" % i for i in range(2500) if i not in (0, 2)]
-    assert staged[-1] == StagedMessage("t", "new", event.to_bytes())
+    assert [m.payload for m in staged[:-2]] == [b"event %d" % i for i in range(2500) if i not in (0, 2)]
+    assert staged[-2:] == [StagedMessage("t", "late", b"late"), StagedMessage("t", "new", event.to_bytes())]
 
 
 async def test_a_relay_that_read_rows_before_another_emptied_the_outbox_deletes_only_those(engine):
