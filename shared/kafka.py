@@ -300,7 +300,6 @@ class LagReader:
             raise
 
     def _held(self, topics: Sequence[str]) -> dict[str, int]:
-
         _, consumer = self._clients()
         sizes: dict[str, int] = {}
         for topic in topics:
@@ -329,7 +328,6 @@ class LagReader:
         return self._admin, self._consumer
 
     def _read(self, subscriptions: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
-
         admin, consumer = self._clients()
         lag: dict[tuple[str, str], int] = {}
         for group, topics in subscriptions.items():

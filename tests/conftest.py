@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shared.kafka import ensure_topics
 from shared.kafka_local import LocalKafka
@@ -27,6 +28,11 @@ from shared.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_ROOT = Path(os.environ.get("RELIEF_TEST_ROOT", Path(__file__).resolve().parent.parent / ".relief-test"))
 TEST_SECRET = "test-identity-secret-0123456789abcdef"  # noqa: S105 - a test-only value
+
+# Property tests judge results, never time: these machines are shared, and an example that runs
+# slow (a first call importing numpy, a busy neighbour) must not fail a run.
+settings.register_profile("relief", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("relief")
 
 
 def free_port() -> int:
