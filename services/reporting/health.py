@@ -1,6 +1,6 @@
 """Pipeline health for the whole system, as reporting sees it from outside the other services:
 consumer lag per group and topic, dead-letter topic sizes, and each service's health and outbox
-backlog read from its own `/healthz` and `/metrics` pages."""
+backlog read from its own `/healthz` answer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.kafka import LagReader, consumer_lag
 from shared.settings import SERVICES, Settings
@@ -78,23 +77,26 @@ _TLS = ssl.create_default_context()
 
 
 async def check_service(client: httpx.AsyncClient, settings: Settings, name: str) -> ServiceCheck:
-    base = settings.service_url(name)
+    """Up when `/healthz` answers 200; the outbox figures come from the same answer (a degraded
+    service still gives them), so no `/metrics` page is fetched and parsed."""
     try:
-        health = await client.get(f"{base}/healthz")
-        up = health.status_code == 200
-        page = await client.get(f"{base}/metrics")
-        page.raise_for_status()
+        health = await client.get(f"{settings.service_url(name)}/healthz")
     except httpx.HTTPError:
         return ServiceCheck(name, up=False)
-    backlog: int | None = None
-    oldest: float | None = None
-    for family in text_string_to_metric_families(page.text):
-        for sample in family.samples:
-            if sample.name == "relief_outbox_backlog":
-                backlog = int(sample.value)
-            elif sample.name == "relief_outbox_oldest_age_seconds":
-                oldest = float(sample.value)
-    return ServiceCheck(name, up=up, outbox_backlog=backlog, outbox_oldest_seconds=oldest)
+    up = health.status_code == 200
+    try:
+        outbox = health.json().get("outbox")
+    except (ValueError, AttributeError):
+        outbox = None
+    if not isinstance(outbox, dict):
+        return ServiceCheck(name, up=up)
+    backlog, oldest = outbox.get("backlog"), outbox.get("oldest_age_seconds")
+    return ServiceCheck(
+        name,
+        up=up,
+        outbox_backlog=backlog if isinstance(backlog, int) else None,
+        outbox_oldest_seconds=float(oldest) if isinstance(oldest, (int, float)) else None,
+    )
 
 
 async def check_services(

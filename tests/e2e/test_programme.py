@@ -4,12 +4,15 @@ disbursement), and every figure of /v1/reach equals the truth."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from relief_cli.generator import generate_programme
 from relief_cli.runner import fetch_reach, run_programme
 from relief_cli.stack import Stack
+from services.reporting.health import check_services
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
@@ -33,5 +36,12 @@ def test_a_programme_through_the_real_stack_reaches_exactly_the_ground_truth(
         assert all(managed.restarts == 0 for managed in stack.managed)
         for managed in stack.managed:
             assert httpx.get(f"http://{settings.host}:{managed.port}/healthz", timeout=5).status_code == 200
+        # What the dashboard shows of each service comes from its /healthz answer alone.
+        checks = asyncio.run(check_services(settings))
+        assert all(check.up for check in checks.values()), checks
+        assert all(
+            check.outbox_backlog is not None and check.outbox_backlog >= 0 for check in checks.values()
+        )
+        assert all(check.outbox_oldest_seconds is not None for check in checks.values())
     finally:
         stack.stop()
