@@ -424,3 +424,72 @@ def test_the_relay_walks_the_outbox_by_its_key_whatever_the_statistics_say(postg
     engine.dispose()
     assert "Index Scan using outbox_batch_pkey" in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_the_bulk_writers_store_exactly_what_sqlalchemys_own_statements_store(engine):
+    """`append_rows`, `insert_many` and `update_many` bind their rows by column, not through
+    SQLAlchemy's per-row executemany: the stored values, read back raw from the driver (text on
+    SQLite, so a timestamp's exact form shows), are the same byte for byte, literal values and
+    Python-side defaults included."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from sqlalchemy import Boolean, Column, Date, Integer, MetaData, String, Table, bindparam, insert, update
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from services.disbursement.store import UtcDateTime
+    from shared.db import append_rows, insert_many, update_many
+
+    metadata = MetaData()
+
+    def probe(name: str) -> Table:
+        return Table(
+            name,
+            metadata,
+            Column("key", String(64), primary_key=True),
+            Column("at", UtcDateTime, nullable=False),
+            Column("born", Date),
+            Column("count", Integer),
+            Column("flag", Boolean),
+            Column("note", String(20), default="filled"),
+        )
+
+    theirs, ours = probe("bulk_theirs"), probe("bulk_ours")
+    metadata.create_all(engine)
+    plus_eight = timezone(timedelta(hours=8))
+    rows = [
+        {"key": f"k{index}", "at": datetime(2026, 3, 1, 8, 0, index, 1234 * index, tzinfo=plus_eight),
+         "born": date(1990, 1, 1 + index) if index else None, "count": index, "flag": index % 2 == 0}
+        for index in range(4)
+    ]  # fmt: skip
+    dialect_insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    def upsert(table: Table):  # a conflict updates one column from the row, one to a constant
+        statement = dialect_insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.key], set_={"count": statement.excluded.count, "note": "again"}
+        )
+
+    again = [{**row, "count": row["count"] + 10} for row in rows[:2]]
+    later = [{"key": "k1", "at": datetime(2027, 1, 1, tzinfo=plus_eight), "flag": None}]
+    with transaction(engine) as session:
+        session.execute(insert(theirs), rows[:3])
+        session.execute(upsert(theirs), again + rows[3:])
+        session.execute(
+            update(theirs)
+            .where(theirs.c.key == bindparam("k"))
+            .values(at=bindparam("a"), flag=bindparam("f")),
+            [{"k": row["key"], "a": row["at"], "f": row["flag"]} for row in later],
+        )
+    with transaction(engine) as session:
+        append_rows(session, ours, rows[:3])
+        insert_many(session, upsert(ours), again + rows[3:])
+        update_many(session, ours, "key", later)
+
+    def raw(table: Table) -> list[tuple]:
+        with engine.connect() as connection:
+            return list(connection.exec_driver_sql(f"SELECT * FROM {table.name} ORDER BY key"))
+
+    assert raw(ours) == raw(theirs)
+    assert len(raw(ours)) == 4
+    metadata.drop_all(engine)
