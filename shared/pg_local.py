@@ -1,8 +1,10 @@
-"""A PostgreSQL cluster of the project's own, for tests and `relief up` with PostgreSQL.
+"""A PostgreSQL cluster of the project's own, for the tests and the benchmark.
 
 Installs Debian's `postgresql` package when the server binaries are missing, then runs a cluster
 under the given directory as the `postgres` user, listening on 127.0.0.1 only. Never depends on a
-system service being up.
+system service being up. It runs with `fsync=off`: quick to start and to write to, and not for
+data anyone keeps (an operating-system crash can corrupt it). A deployment brings its own
+PostgreSQL (docker-compose.yml, or any server named by RELIEF_DATABASE_URL).
 
     python -m shared.pg_local start [DIR] [PORT]     prints the database URL
     python -m shared.pg_local stop [DIR]
