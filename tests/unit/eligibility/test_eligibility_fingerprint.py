@@ -2,13 +2,14 @@
 fingerprints of rows decided earlier must keep matching their redeliveries."""
 
 import hashlib
+from datetime import UTC, date, datetime
 
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.eligibility.handlers import FINGERPRINT_EXCLUDES, fingerprint
-from shared.events import BeneficiaryRegistered
+from shared.events import BeneficiaryRegistered, parse_event
 
 text = st.text(min_size=1, max_size=40)
 keys = st.text(alphabet="0123456789abcdef", min_size=16, max_size=16)
@@ -46,6 +47,19 @@ def by_definition(event: BeneficiaryRegistered) -> str:
 @given(rows)
 def test_the_fingerprint_is_the_digest_of_the_sorted_dump(event):
     assert fingerprint(event) == by_definition(event)
+
+
+def test_a_stored_fingerprint_still_matches_its_row():
+    """A digest taken once and kept: a change to how events are written must not move it."""
+    event = BeneficiaryRegistered(
+        event_id="e1", occurred_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), row_id="B1-1", batch_id="B1",
+        partner_id="p1", partner_name="Tenaganita", document_key=None, name_key="k" * 64, block_key="b" * 16,
+        near_keys=["2" * 16, "1" * 16], sex="F", age_years=34, nationality="VNM", country="MY", household_size=3,
+        vulnerabilities=["pregnant", "disability"], assistance="cash_relief", payout_method="e_wallet",
+        payout_account_sealed="s", registered_on=date(2026, 1, 20),
+    )  # fmt: skip
+    assert fingerprint(event) == "17cceccb9ea7a19d5c0ade9630aa3b5100923a8a523ae058e1530dd6255009d6"
+    assert fingerprint(parse_event(event.to_bytes())) == fingerprint(event)
 
 
 @given(rows, text)

@@ -110,3 +110,59 @@ def test_bytes_that_open_like_an_event_but_break_it_get_the_reason():
         parse_event(raw[:-1] + b',"surprise":1}')
     with pytest.raises(PoisonMessage, match="not JSON"):
         parse_event(raw[:-1])
+    with pytest.raises(PoisonMessage, match="invalid persons.merged: merged_person_id: Field required"):
+        parse_event(raw.replace(b'"merged_person_id":"p2",', b""))
+    with pytest.raises(
+        PoisonMessage, match="invalid persons.merged: occurred_at: Input should be a valid datetime"
+    ):
+        parse_event(raw.replace(b'"occurred_at":"', b'"occurred_at":"noon '))
+
+
+def _registration(**changes):
+    from shared.events import BeneficiaryRegistered
+
+    fields = dict(
+        row_id="r1", batch_id="b1", partner_id="p1", partner_name="P", document_key=None, name_key="k",
+        block_key="b", near_keys=["n1", "n2"], sex="F", age_years=30, nationality="VNM", country="MY",
+        household_size=2, vulnerabilities=[], assistance="food_kit", payout_method=None,
+        payout_account_sealed=None, registered_on=date(2026, 1, 20),
+    )  # fmt: skip
+    return BeneficiaryRegistered(**{**fields, **changes})
+
+
+def _with(event, **values):
+    """The event's bytes with some values replaced, whatever the model would say about them."""
+    body = {**orjson.loads(event.to_bytes()), **values}
+    head, rest = event.to_bytes().split(b'"schema_version":2,', 1)
+    assert head == b'{"event_type":"beneficiary.registered",'
+    del body["event_type"], body["schema_version"]
+    return head + b'"schema_version":2,' + orjson.dumps(body)[1:]
+
+
+BROKEN = [
+    ("age_years", -1), ("age_years", 121), ("age_years", 30.5),
+    ("household_size", 0), ("household_size", 31), ("nationality", "vnm"), ("nationality", "VNMX"),
+    ("country", "MYS"), ("block_key", ""), ("block_key", "b" * 65), ("near_keys", ["n"] * 513),
+    ("near_keys", ["n", 2]), ("event_id", ""), ("event_id", "e" * 65), ("sex", "Q"), ("assistance", "cash"),
+    ("payout_method", "cheque"), ("registered_on", "2026-13-01"), ("occurred_at", "yesterday"),
+    ("row_id", None), ("vulnerabilities", "none"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value"), BROKEN)
+def test_bytes_breaking_a_constraint_are_refused_on_the_fast_path_too(field, value):
+    """The struct that decodes the newest envelope carries every constraint of the model."""
+    raw = _with(_registration(), **{field: value})
+    with pytest.raises(PoisonMessage, match=f"invalid beneficiary.registered: {field}"):
+        parse_event(raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("age_years", 0), ("age_years", 120), ("household_size", 30), ("block_key", "b" * 64),
+     ("near_keys", ["n"] * 512), ("event_id", "e" * 64), ("block_key", None), ("payout_method", "cash_pickup")],
+)  # fmt: skip
+def test_bytes_at_a_constraints_edge_are_read(field, value):
+    event = parse_event(_with(_registration(), **{field: value}))
+    assert getattr(event, field) == value
+    assert parse_event(event.to_bytes()) == event
