@@ -66,6 +66,15 @@ def ensure_postgres_database(url: str) -> None:
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 
 
+# Planner settings for the services' sessions. Their look-ups fetch a few thousand rows by key
+# from tables already in memory: at PostgreSQL's default cost of a random page (4, for disks that
+# seek) the planner joined them by scanning every person in parallel workers, which on a busy
+# machine only adds processes. 220,472 persons: eligibility's near-key look-up 90 -> 38 ms a batch,
+# its reviewed pairs 59 -> 20 ms (and one process instead of three). They apply to the services'
+# own sessions only, never to the server or its other users.
+POSTGRES_PLANNER_OPTIONS = "-c random_page_cost=1.1 -c max_parallel_workers_per_gather=0"
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -101,7 +110,13 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     if url.startswith("postgresql"):
         ensure_postgres_database(url)
-        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"options": POSTGRES_PLANNER_OPTIONS},
+        )
 
         @event.listens_for(engine, "connect")
         def _binary_arrays(dbapi_connection: Any, _: Any) -> None:

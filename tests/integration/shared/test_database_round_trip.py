@@ -493,3 +493,48 @@ def test_the_bulk_writers_store_exactly_what_sqlalchemys_own_statements_store(en
     assert raw(ours) == raw(theirs)
     assert len(raw(ours)) == 4
     metadata.drop_all(engine)
+
+
+def test_key_look_ups_joined_to_a_large_table_use_its_index(postgres, test_id):
+    """The services' sessions plan for tables in memory and without parallel workers: looking up a
+    few thousand rows by key and joining each to its owner walks the owner's index, never scans
+    every owner (at PostgreSQL's own defaults this plan is a parallel scan of the large table)."""
+    from sqlalchemy import text
+
+    engine = make_engine(f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/k{test_id}")
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("CREATE TABLE owner (owner_id text PRIMARY KEY, survivor_id text NOT NULL)")
+            )
+            connection.execute(
+                text(
+                    "CREATE TABLE entry (block text, row_id text, owner_id text NOT NULL, PRIMARY KEY (block, row_id))"
+                )
+            )
+            connection.execute(
+                text("INSERT INTO owner SELECT 'o' || i, 's' || i FROM generate_series(1, 250000) AS i")
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO entry SELECT md5(i::text), 'r' || i, 'o' || i FROM generate_series(1, 250000) AS i"
+                )
+            )
+            connection.execute(text("ANALYZE owner"))
+            connection.execute(text("ANALYZE entry"))
+        blocks = [row[0] for row in engine.connect().execute(text("SELECT block FROM entry LIMIT 3000"))]
+        look_up = text(
+            "EXPLAIN SELECT e.block, o.survivor_id FROM entry e JOIN owner o ON o.owner_id = e.owner_id"
+            " WHERE e.block = ANY(:blocks)"
+        )
+        with engine.connect() as connection:
+            settings = {
+                name: connection.execute(text(f"SHOW {name}")).scalar_one()
+                for name in ("random_page_cost", "max_parallel_workers_per_gather")
+            }
+            plan = "\n".join(connection.execute(look_up, {"blocks": blocks}).scalars())
+        assert settings == {"random_page_cost": "1.1", "max_parallel_workers_per_gather": "0"}
+        assert "Seq Scan on owner" not in plan and "Gather" not in plan, plan
+        assert "Index Scan using owner_pkey" in plan, plan
+    finally:
+        engine.dispose()
