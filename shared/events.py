@@ -78,7 +78,7 @@ class Event(BaseModel):
     def to_bytes(self) -> bytes:
         """The envelope as JSON: `orjson.dumps(self.envelope())`, byte for byte, written by msgspec
         from the model's fields (every value is text, a number, a list of text, a date or a time,
-        which it writes as pydantic does; a quarter of the cost of pydantic's serializer)."""
+        which it writes as pydantic does; 1.8 -> 1.4 µs against pydantic's serializer)."""
         head = b'{"event_type":"%s","schema_version":%d,' % (self.event_type.encode(), self.schema_version)
         return head + _encoder.encode(self.__dict__)[1:]
 
@@ -249,6 +249,10 @@ def _wire_type(cls: type[Event], name: str) -> Any:
         if not found:
             raise TypeError(f"{cls.__name__}.{name}: no msgspec equivalent for {item!r}")
         constraints.update(found)
+    pattern = constraints.get("pattern")
+    if pattern is not None and pattern.endswith("$") and not pattern.endswith("\\$"):
+        # Python's `$` (msgspec's regex) also matches before a final newline; pydantic's does not.
+        constraints["pattern"] = pattern[:-1] + "\\Z"
     annotation = info.annotation
     if not constraints:
         return annotation

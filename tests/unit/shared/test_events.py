@@ -141,7 +141,7 @@ def _with(event, **values):
 
 BROKEN = [
     ("age_years", -1), ("age_years", 121), ("age_years", 30.5),
-    ("household_size", 0), ("household_size", 31), ("nationality", "vnm"), ("nationality", "VNMX"),
+    ("household_size", 0), ("household_size", 31), ("nationality", "vnm"), ("nationality", "VNMX"), ("nationality", "VNM\n"),
     ("country", "MYS"), ("block_key", ""), ("block_key", "b" * 65), ("near_keys", ["n"] * 513),
     ("near_keys", ["n", 2]), ("event_id", ""), ("event_id", "e" * 65), ("sex", "Q"), ("assistance", "cash"),
     ("payout_method", "cheque"), ("registered_on", "2026-13-01"), ("occurred_at", "yesterday"),
