@@ -75,6 +75,14 @@ SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 POSTGRES_PLANNER_OPTIONS = "-c random_page_cost=1.1 -c max_parallel_workers_per_gather=0"
 
 
+def _with_planner_options(given: str | tuple[str, ...] | None) -> str:
+    """The URL's own `options` (a deployment's search_path, say) kept, the planner's after them."""
+    if not given:
+        return POSTGRES_PLANNER_OPTIONS
+    own = given if isinstance(given, str) else " ".join(given)
+    return f"{own} {POSTGRES_PLANNER_OPTIONS}"
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -115,7 +123,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
-            connect_args={"options": POSTGRES_PLANNER_OPTIONS},
+            connect_args={"options": _with_planner_options(make_url(url).query.get("options"))},
         )
 
         @event.listens_for(engine, "connect")

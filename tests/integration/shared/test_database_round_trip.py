@@ -501,7 +501,11 @@ def test_key_look_ups_joined_to_a_large_table_use_its_index(postgres, test_id):
     every owner (at PostgreSQL's own defaults this plan is a parallel scan of the large table)."""
     from sqlalchemy import text
 
-    engine = make_engine(f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/k{test_id}")
+    # A deployment's own connection options in the URL are kept alongside the planner's.
+    engine = make_engine(
+        f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/k{test_id}"
+        "?options=-c%20application_name%3Drelief-lookups"
+    )
     try:
         with engine.begin() as connection:
             connection.execute(
@@ -530,10 +534,14 @@ def test_key_look_ups_joined_to_a_large_table_use_its_index(postgres, test_id):
         with engine.connect() as connection:
             settings = {
                 name: connection.execute(text(f"SHOW {name}")).scalar_one()
-                for name in ("random_page_cost", "max_parallel_workers_per_gather")
+                for name in ("random_page_cost", "max_parallel_workers_per_gather", "application_name")
             }
             plan = "\n".join(connection.execute(look_up, {"blocks": blocks}).scalars())
-        assert settings == {"random_page_cost": "1.1", "max_parallel_workers_per_gather": "0"}
+        assert settings == {
+            "random_page_cost": "1.1",
+            "max_parallel_workers_per_gather": "0",
+            "application_name": "relief-lookups",
+        }
         assert "Seq Scan on owner" not in plan and "Gather" not in plan, plan
         assert "Index Scan using owner_pkey" in plan, plan
     finally:
