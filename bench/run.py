@@ -32,7 +32,9 @@ from relief_cli.drain import PipelineProbe
 from relief_cli.generator import generate_programme
 from relief_cli.runner import create_partner, fetch_reach, submit_batch
 from relief_cli.stack import Stack, parse_replicas
+from shared.kafka import LagReader
 from shared.settings import Settings
+from shared.topics import SUBSCRIPTIONS, all_topic_names
 
 # Figures that do not depend on the order in which rows arrive. The truth is computed for batches
 # submitted one after another; here they go in concurrently, so which of a person's rows is paid
@@ -304,6 +306,24 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def topic_sizes(settings: Settings) -> dict[str, int]:
+    """Records each of the pipeline's topics holds now (dead-letter topics included)."""
+    with LagReader(settings) as reader:
+        return reader.held([settings.topic(name) for name, _ in all_topic_names()])
+
+
+def kafka_traffic(settings: Settings, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """What the pipeline put through the broker between two readings of `topic_sizes`: records
+    published to each topic, and records delivered (each topic's records times the consumer groups
+    that read it; every group has read everything once the pipeline is drained)."""
+    published = {
+        name: after[settings.topic(name)] - before.get(settings.topic(name), 0)
+        for name, _ in all_topic_names()
+    }
+    delivered = sum(published[topic.name] for topics in SUBSCRIPTIONS.values() for topic in topics)
+    return {"published": sum(published.values()), "delivered": delivered, "published_by_topic": published}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -393,6 +413,7 @@ def main() -> None:
                 daemon=True,
             )
             profiler.start()
+        sizes_before = topic_sizes(settings)
         with ThreadPoolExecutor(args.parallel) as pool:
             results = list(
                 pool.map(
@@ -418,6 +439,7 @@ def main() -> None:
             summary["postgresql_writes"] = {k: after[k] - counters_before[k] for k in after}
         if profiler is not None:
             profiler.join()
+        summary["kafka_records"] = kafka_traffic(settings, sizes_before, topic_sizes(settings))
         reach = fetch_reach(settings)
         truth = {k: v for k, v in programme.truth.items() if k not in ("accepted", "rejected")}
         seconds = latencies(settings)
@@ -481,6 +503,15 @@ def main() -> None:
             # The time four pass-through hops alone, no logic and no database, would take to move
             # this many rows on this broker: the floor of any pipeline of this design here.
             summary["baseline_seconds_for_these_rows"] = round(accepted / baseline_rate, 1)
+            # The pipeline moves more records than rows: a decision is read by three groups, a
+            # payment sends two statuses to two. Per record moved the pass-through hops read `hops`
+            # records and publish as many; so this is the time they need to read as many records
+            # as the pipeline's consumers read (publishing more than the pipeline published): the
+            # broker traffic's floor for this programme in this design, before logic or database.
+            hop_reads_per_second = baseline_rate * summary["passthrough_baseline"]["hops"]
+            delivered = summary["kafka_records"]["delivered"]
+            summary["baseline_seconds_for_these_deliveries"] = round(delivered / hop_reads_per_second, 1)
+            summary["ratio_deliveries_to_baseline"] = round(delivered / wall / hop_reads_per_second, 3)
         DOCS.mkdir(exist_ok=True)
         plot(
             sampler.samples,
