@@ -2,7 +2,9 @@
 
 - raw produce and consume rates of one aiokafka client;
 - four chained FastStream pass-through consumers with batch subscribers, no logic, no database:
-  the practical ceiling of this design.
+  the practical ceiling of this design. Measured two ways: each hop republishing record by record
+  (the ceiling as first defined here), and each hop republishing what it read as the services do
+  (`BrokerPublisher.send_many`, one batch per partition), about twice as fast on this machine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from faststream.kafka.annotations import KafkaMessage
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from shared.kafka import COMPRESSION
+from shared.kafka import COMPRESSION, BrokerPublisher
 from shared.service import settle_heap
 
 PAYLOAD = b'{"event_type":"beneficiary.registered","schema_version":1,' + b'"x":"' + b"a" * 420 + b'"}'
@@ -68,15 +70,19 @@ async def raw_rates(bootstrap: str, messages: int = 200_000) -> dict[str, float]
     }
 
 
-async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 4) -> dict[str, Any]:
+async def passthrough_rate(
+    bootstrap: str, messages: int = 100_000, hops: int = 4, *, batched: bool = False
+) -> dict[str, Any]:
     """Records per second through `hops` chained batch consumers that only republish, under the
-    services' own collector settings (`settle_heap`)."""
+    services' own collector settings (`settle_heap`). `batched`: each hop republishes what it read
+    through the services' publisher, in one batch per partition, instead of record by record."""
     settle_heap()
     run = uuid.uuid4().hex[:8]
     topics = [f"bench-hop-{run}-{index}" for index in range(hops + 1)]
     _create_topics(bootstrap, topics)
     broker = KafkaBroker(bootstrap, acks="all", enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024,
                          compression_type=COMPRESSION, logger=None)  # fmt: skip
+    publisher = BrokerPublisher(broker)
     arrived = 0
     done = asyncio.Event()
 
@@ -90,6 +96,9 @@ async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 
                 arrived += len(records)
                 if arrived >= messages:
                     done.set()
+                return
+            if batched:
+                await publisher.send_many([(target, record.key.decode(), record.value) for record in records])
                 return
             futures = [
                 await broker.publish(record.value, target, key=record.key, no_confirm=True)
@@ -114,6 +123,7 @@ async def passthrough_rate(bootstrap: str, messages: int = 100_000, hops: int = 
     return {
         "messages": messages,
         "hops": hops,
+        "republished": "in batches" if batched else "record by record",
         "seconds": round(seconds, 2),
         "records_per_second": round(messages / seconds),
     }
