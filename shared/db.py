@@ -130,9 +130,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         def _binary_arrays(dbapi_connection: Any, _: Any) -> None:
             # Lists (the column arrays of `insert_many`) go in binary: psycopg's default text form
             # escapes every element in Python, the largest cost of a bulk insert of event payloads.
-            from psycopg.types.array import ListBinaryDumper
+            # Lists of text skip psycopg's per-item dumping (`shared.pg_arrays`).
+            from shared.pg_arrays import ListDumper
 
-            dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
+            dbapi_connection.adapters.register_dumper(list, ListDumper)
 
         return engine
     raise ValueError(f"RELIEF_DATABASE_URL: unsupported database URL scheme in {url.split(':', 1)[0]!r}")

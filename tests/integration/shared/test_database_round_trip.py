@@ -546,3 +546,27 @@ def test_key_look_ups_joined_to_a_large_table_use_its_index(postgres, test_id):
         assert "Index Scan using owner_pkey" in plan, plan
     finally:
         engine.dispose()
+
+
+def test_lists_of_text_reach_postgresql_whole(postgres, test_id):
+    """Bulk statements send text columns as arrays: the server gets every item, nulls and all."""
+    from sqlalchemy import String, bindparam, text
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    engine = make_engine(f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}/t{test_id}")
+    items = ["row-1", "", None, "Nguyễn Thị Ánh", 'quote " and , comma {x}', "row-1"]
+    try:
+        with engine.connect() as connection:
+            sent = bindparam("items", items, type_=ARRAY(String))
+            back = connection.execute(text("SELECT :items").bindparams(sent)).scalar_one()
+            assert back == items
+            found = connection.execute(
+                text(
+                    "SELECT count(*) FROM unnest(CAST(:probe AS text[])) AS v(x) WHERE x = ANY(:items)"
+                ).bindparams(
+                    bindparam("probe", ["row-1", "absent", "Nguyễn Thị Ánh"], type_=ARRAY(String)), sent
+                )
+            ).scalar_one()
+            assert found == 2
+    finally:
+        engine.dispose()
