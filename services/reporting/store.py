@@ -483,8 +483,11 @@ def refresh_persons(session: Session, touched: Collection[str]) -> None:
     nothing: Summary = (None, frozenset())
     changed = sorted(p for p in stale if old.get(p, nothing) != new.get(p, nothing))
     counts = Counter[tuple[str, str, str]]()  # (figure, group, persons | people) → change
-    for chunk in _chunks(changed):
+    # Only what is stored is deleted: a person summarised for the first time (the usual change, a
+    # person this batch's payment reached) has no summary or groups yet.
+    for chunk in _chunks([p for p in changed if old.get(p, nothing)[1]]):
         session.execute(delete(GROUPS).where(one_of(session, GROUPS.c.person_id, chunk)))
+    for chunk in _chunks([p for p in changed if old.get(p, nothing)[0] is not None]):
         session.execute(delete(PERSONS).where(one_of(session, PERSONS.c.person_id, chunk)))
     persons: list[dict[str, Any]] = []
     groups: list[dict[str, Any]] = []

@@ -111,6 +111,34 @@ def test_a_refresh_that_changes_no_summary_rewrites_no_summary(engine):
     assert query(engine).beneficiaries_reached == 2
 
 
+def test_a_person_reached_for_the_first_time_has_no_summary_to_delete(engine):
+    """Only stored summaries are deleted: a newly paid person (the usual refresh) is only inserted;
+    a person whose summary changes has the old one replaced, not doubled."""
+    from sqlalchemy import event
+
+    deletes: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("DELETE") and "reach_person" in statement:
+            deletes.append(statement.split("WHERE")[0].strip())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        apply(engine, [decided("r1", "anna", household=3), *paid("r1", "anna")])
+        apply(
+            engine,
+            [decided("r2", "ben", assistance="food_kit"), decided("r3", "chen", decision="ineligible")],
+        )
+        assert deletes == []
+        apply(engine, [decided("r4", "anna", assistance="food_kit", household=5)])  # anna's household grows
+        assert sorted(deletes) == ["DELETE FROM reach_person", "DELETE FROM reach_person_group"]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    reach = query(engine)
+    assert (reach.beneficiaries_reached, reach.people_reached) == (2, 6)
+    assert reach.by_assistance == {"cash_relief": 1, "food_kit": 2}
+
+
 def test_a_decision_that_delivers_nothing_refreshes_no_person(engine):
     """A cash decision before its payment is paid, or a refusal, cannot change who is reached: no
     person's summary is even read. An in-kind approval, or a decision after `paid`, is."""
