@@ -570,3 +570,33 @@ def test_lists_of_text_reach_postgresql_whole(postgres, test_id):
             assert found == 2
     finally:
         engine.dispose()
+
+
+def test_lists_of_text_are_encoded_as_the_database_expects(postgres, test_id):
+    """A database in another encoding than UTF-8 gets its own bytes, as psycopg would send them."""
+    from sqlalchemy import String, bindparam, create_engine, text
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    base = f"postgresql+psycopg://relief@127.0.0.1:{postgres.port}"
+    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(
+            text(
+                f"CREATE DATABASE t{test_id}_latin1 TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
+            )
+        )
+    admin.dispose()
+    engine = make_engine(f"{base}/t{test_id}_latin1")
+    items = ["Ánh", "São Tomé", None, "Müller"]
+    try:
+        with engine.connect() as connection:
+            sent = bindparam("items", items, type_=ARRAY(String))
+            assert connection.execute(text("SELECT :items").bindparams(sent)).scalar_one() == items
+            lengths = connection.execute(
+                text(
+                    "SELECT array_agg(octet_length(x) ORDER BY n) FROM unnest(:items) WITH ORDINALITY AS v(x, n)"
+                ).bindparams(sent)
+            ).scalar_one()
+            assert lengths == [3, 8, None, 6]  # one byte a letter in LATIN1, not UTF-8's two
+    finally:
+        engine.dispose()
