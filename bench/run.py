@@ -229,6 +229,56 @@ def server_counters(admin_url: str) -> dict[str, int]:
     }
 
 
+def reset_statement_statistics(admin_url: str) -> None:
+    """Start pg_stat_statements' counts afresh, just before the measured window."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            connection.execute(text("SELECT pg_stat_statements_reset()"))
+    finally:
+        engine.dispose()
+
+
+def top_statements(admin_url: str, database_prefix: str, limit: int) -> dict[str, Any]:
+    """The statements the services' databases spent most server time on in the measured window,
+    as pg_stat_statements normalises them (values become $1, $2: no data of anyone's), with each
+    one's share of all statements' time and the log it wrote: which statement to make cheaper."""
+    engine = create_engine(admin_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT d.datname, s.query, s.calls, s.rows, s.total_exec_time, s.wal_bytes,"
+                    " sum(s.total_exec_time) OVER () AS all_time, sum(s.wal_bytes) OVER () AS all_wal"
+                    " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+                    " WHERE d.datname LIKE :prefix ORDER BY s.total_exec_time DESC LIMIT :limit"
+                ),
+                {"prefix": f"{database_prefix}\\_%", "limit": limit},
+            ).all()
+    finally:
+        engine.dispose()
+    if not rows:
+        return {"statements": []}
+    return {
+        "all_statements_seconds": round(float(rows[0].all_time) / 1000, 2),
+        "all_statements_wal_mib": int(rows[0].all_wal) // 1048576,
+        "statements": [
+            {
+                "database": row.datname.rpartition("_")[2],
+                "seconds": round(row.total_exec_time / 1000, 2),
+                "share": round(row.total_exec_time / float(row.all_time), 3),
+                "calls": row.calls,
+                "rows": row.rows,
+                "ms_per_call": round(row.total_exec_time / max(row.calls, 1), 2),
+                "wal_mib": round(int(row.wal_bytes) / 1048576, 1),
+                "query": " ".join(row.query.split())[:300],
+            }
+            for row in rows
+        ],
+    }
+
+
 def storage(settings: Settings) -> dict[str, Any]:
     """Each service's database size once drained, and the near-key rows eligibility keeps (one per
     registration that brought its person new near keys): where eligibility's writes go."""
@@ -343,6 +393,13 @@ def main() -> None:
         "--profile-after", type=float, default=None, help="sample every service with py-spy, S seconds in"
     )
     parser.add_argument("--profile-seconds", type=int, default=20)
+    parser.add_argument(
+        "--pg-statements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --postgres: record the N statements the server spent most time on (pg_stat_statements)",
+    )
     args = parser.parse_args()
 
     root = Path(".relief/bench").resolve()
@@ -352,7 +409,9 @@ def main() -> None:
     if args.postgres:
         from shared.pg_local import LocalPostgres
 
-        cluster = LocalPostgres(root / "postgres", 55499)
+        preload = {"shared_preload_libraries": "pg_stat_statements"} if args.pg_statements else {}
+        cluster = LocalPostgres(root / "postgres", 55499, server_settings=preload)
+        cluster.stop()  # a cluster left running by an interrupted run may have other settings
         cluster.start()
         drop_earlier_runs(ADMIN_URL)
         database_url = f"postgresql+psycopg://relief@127.0.0.1:55499/bench{int(time.time())}"
@@ -404,6 +463,8 @@ def main() -> None:
             file=sys.stderr,
         )
         counters_before = server_counters(ADMIN_URL) if cluster is not None else None
+        if cluster is not None and args.pg_statements:
+            reset_statement_statistics(ADMIN_URL)
         started = time.monotonic()
         sampler = Sampler(stack, started)
         if cluster is not None:
@@ -441,6 +502,10 @@ def main() -> None:
         if counters_before is not None:
             after = server_counters(ADMIN_URL)
             summary["postgresql_writes"] = {k: after[k] - counters_before[k] for k in after}
+            if args.pg_statements:
+                assert database_url is not None
+                name = database_url.rpartition("/")[2]
+                summary["postgresql_statements"] = top_statements(ADMIN_URL, name, args.pg_statements)
         if profiler is not None:
             profiler.join()
         summary["kafka_records"] = kafka_traffic(settings, sizes_before, topic_sizes(settings))

@@ -51,9 +51,14 @@ def ensure_installed() -> Path:
 
 
 class LocalPostgres:
-    def __init__(self, root: Path, port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self, root: Path, port: int = DEFAULT_PORT, server_settings: dict[str, str] | None = None
+    ) -> None:
         self.root = Path(root).resolve()
         self.port = port
+        # Further `-c name=value` settings the server starts with (the benchmark's statement
+        # statistics); a cluster already running keeps the settings it was started with.
+        self.server_settings = dict(server_settings or {})
         self.data = self.root / "data"
         self.bin = ensure_installed()
         self.user = "postgres" if os.geteuid() == 0 else None
@@ -102,6 +107,7 @@ class LocalPostgres:
             )
         if not self.is_running():
             options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
+            options += "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
             result = self._run(
                 str(self.bin / "pg_ctl"),
                 "-D",
