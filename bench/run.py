@@ -3,6 +3,7 @@
     python -m bench.run                                   # 220,472 persons on SQLite
     python -m bench.run --persons 50000 --postgres        # on a local PostgreSQL cluster
     python -m bench.run --skip-baselines --skip-stage     # the pipeline only
+    python -m bench.run --postgres --pg-statements 20     # and the server's 20 costliest statements
 
 Measured in one run, on one broker: raw aiokafka produce/consume rates; four chained FastStream
 pass-through consumers (the practical ceiling of this design); the disbursement stage alone;
